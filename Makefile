@@ -1,0 +1,45 @@
+# Two entry points (see README): `make run` and `make test`. Both create .venv with venv + pip when it is
+# missing and install the project; the install is skipped while setup.py, settings.ini and
+# constraints.txt are unchanged (a stamp file named by their hash).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat setup.py settings.ini constraints.txt | sha256sum | cut -c1-16)
+
+.PHONY: install run test check-export check-clean nbdev-test pytest regression constraints
+
+$(STAMP):
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/mlops features
+
+test: $(STAMP) check-export check-clean nbdev-test pytest regression
+	@echo "all checks passed"
+
+# the package and the notebooks must already agree: exporting and cleaning change nothing
+check-export: $(STAMP)
+	$(PY) tools/unchanged.py $(BIN)/nbdev_export
+
+check-clean: $(STAMP)
+	$(PY) tools/unchanged.py $(BIN)/nbdev_clean
+
+nbdev-test: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2
+
+# the pytest suites, including papermill runs of every step notebook (tests/test_step_notebooks.py)
+pytest: $(STAMP)
+	$(BIN)/pytest tests -q
+
+regression: $(STAMP)
+	$(BIN)/pytest --nbval tests/regression -q -p no:cacheprovider --sanitize-with tests/regression/sanitize.cfg
+
+constraints: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v '^mlops' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > constraints.body
+	{ sed -n '1,3p' constraints.txt; cat constraints.body; } > constraints.txt.new && rm constraints.body && mv constraints.txt.new constraints.txt

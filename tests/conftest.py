@@ -1,0 +1,25 @@
+"""Shared fixtures: small real data files and a helper that runs the real `mlops` command."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlops.data import demo_data
+
+MLOPS = [str(Path(sys.executable).parent / "mlops")]  # the installed console script, as a user runs it
+
+
+@pytest.fixture
+def small_demo(tmp_path) -> Path:
+    "A small demo dataset (4 items × 90 days, 14 future days) as CSV."
+    path = tmp_path / "small.csv"
+    demo_data(n_items=4, periods=90, future_periods=14).to_csv(path, index=False)
+    return path
+
+
+def run_mlops(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    "Run the `mlops` command in a fresh process, as a user would."
+    return subprocess.run([*MLOPS, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
