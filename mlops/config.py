@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['FORECAST', 'ForecastDefaults', 'project_root', 'NotebookNotFound', 'notebooks_dir', 'step_notebook', 'mlops_home']
+__all__ = ['FORECAST', 'DEEPAR_HYPERPARAMETERS', 'EXAMPLE_ACCOUNT_ID', 'TEMPLATE_KEYS', 'ForecastDefaults', 'project_root',
+           'NotebookNotFound', 'notebooks_dir', 'step_notebook', 'mlops_home', 'TemplateKey']
 
 # %% ../nbs/00_config.ipynb #b6f2e530
 @dataclass(frozen=True)
@@ -63,3 +64,50 @@ def step_notebook(name: str) -> Path:
 def mlops_home() -> Path:
     "Folder of local state (runs, stores, tracking): `MLOPS_HOME`, else `.mlops` in the working directory."
     return Path(os.environ.get("MLOPS_HOME", ".mlops"))
+
+# %% ../nbs/00_config.ipynb #9302ad7c
+DEEPAR_HYPERPARAMETERS: dict[str, str] = {
+    "time_freq": FORECAST.freq,
+    "prediction_length": str(FORECAST.prediction_length),
+    "context_length": str(FORECAST.context_length),
+    "epochs": "100",
+    "early_stopping_patience": "10",
+    "cardinality": "auto",
+    "num_dynamic_feat": "auto",
+    "likelihood": "student-T",
+    "num_cells": "40",
+    "num_layers": "2",
+    "dropout_rate": "0.1",
+    "embedding_dimension": "10",
+    "learning_rate": "0.001",
+    "mini_batch_size": "128",
+    "num_eval_samples": "100",
+    "test_quantiles": "[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]",
+}
+
+# %% ../nbs/00_config.ipynb #f86a15a9
+EXAMPLE_ACCOUNT_ID = "111122223333"  # AWS's documentation example account: not an account of anyone
+
+@dataclass(frozen=True)
+class TemplateKey:
+    "A static resource of the pipelines, left as a `{{ name }}` placeholder in the rendered templates."
+    name: str
+    description: str
+    example: str
+
+TEMPLATE_KEYS: dict[str, TemplateKey] = {key.name: key for key in [
+    TemplateKey("RoleArn", "IAM role that SageMaker assumes to run every job and to create and register the model.",
+                f"arn:aws:iam::{EXAMPLE_ACCOUNT_ID}:role/mlops-sagemaker-execution"),
+    TemplateKey("ArtifactBucket", "S3 bucket (name only) that receives every step output: features, model artifacts, "
+                "forecasts and executed notebooks, under <pipeline>/<execution id>/<step>/.", "mlops-artifacts-example"),
+    TemplateKey("CodeLocation", "S3 prefix (no trailing slash) holding the step notebooks, nbs/processing/*.ipynb, "
+                "uploaded with the same package version as the processing image.", "s3://mlops-artifacts-example/code/0.1.0"),
+    TemplateKey("ProcessingImageUri", "The processing image built from docker/ (this package and papermill; "
+                "entry point python -m mlops.processing).",
+                f"{EXAMPLE_ACCOUNT_ID}.dkr.ecr.eu-west-1.amazonaws.com/mlops-processing:0.1.0"),
+    TemplateKey("DeepARImageUri", "The region's SageMaker built-in forecasting-deepar image, as given by "
+                "sagemaker.core.image_uris.retrieve('forecasting-deepar', region).",
+                f"{EXAMPLE_ACCOUNT_ID}.dkr.ecr.eu-west-1.amazonaws.com/forecasting-deepar:1"),
+    TemplateKey("KmsKeyId", "KMS key (ARN, id or alias) that encrypts the S3 outputs of the processing, training and "
+                "transform jobs.", f"arn:aws:kms:eu-west-1:{EXAMPLE_ACCOUNT_ID}:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+]}
