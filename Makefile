@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.py settings.ini constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: install run test check-export check-clean nbdev-test pytest regression constraints
+.PHONY: install run test check-export check-clean nbdev-test pytest regression regression-update constraints
 
 $(STAMP):
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -38,8 +38,12 @@ pytest: $(STAMP)
 	$(BIN)/pytest tests -q
 
 regression: $(STAMP)
-	$(BIN)/pytest --nbval tests/regression -q -p no:cacheprovider --sanitize-with tests/regression/sanitize.cfg
+	$(BIN)/pytest --nbval tests/regression -q -p no:cacheprovider --nbval-sanitize-with tests/regression/sanitize.cfg
 
 constraints: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | grep -v '^mlops' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > constraints.body
 	{ sed -n '1,3p' constraints.txt; cat constraints.body; } > constraints.txt.new && rm constraints.body && mv constraints.txt.new constraints.txt
+
+# re-execute the nbval reference notebooks after an intended change of output; review and commit the diff
+regression-update: $(STAMP)
+	$(PY) tools/execute_regression.py
