@@ -23,8 +23,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 # %% auto #0
-__all__ = ['SAGEMAKER_FREQ', 'LIKELIHOODS', 'DEFAULT_QUANTILES', 'REQUIRED_HYPERPARAMETERS', 'HyperparameterError',
-           'DeepARHyperparameters']
+__all__ = ['SAGEMAKER_FREQ', 'LIKELIHOODS', 'DEFAULT_QUANTILES', 'REQUIRED_HYPERPARAMETERS', 'ARTIFACT_FORMAT',
+           'DEFAULT_INFERENCE_CONFIG', 'OUTPUT_TYPES', 'INFERENCE_CONFIG_ENV', 'HyperparameterError',
+           'DeepARHyperparameters', 'ChannelError', 'Series', 'parse_record', 'channel_files', 'read_json_lines',
+           'read_channel', 'pandas_freq', 'DataSettings', 'resolve_data_settings', 'check_series', 'quantile_label',
+           'forecast_metrics', 'metric_list', 'write_metrics', 'batches_per_epoch', 'evaluate', 'save_model', 'train',
+           'InferenceRequestError', 'InferenceConfiguration', 'DeepARPredictor', 'load_model', 'predict', 'transform',
+           'format_progress', 'main', 'demo_channels', 'train_demo']
 
 # %% ../nbs/04_deepar.ipynb #42aeea29
 class HyperparameterError(ValueError):
@@ -173,3 +178,644 @@ class DeepARHyperparameters:
     def uses_dynamic_feat(self) -> bool:
         "Whether dynamic features (`dynamic_feat`) may be used: `num_dynamic_feat` is not ignore/empty."
         return self.num_dynamic_feat not in ("ignore", "")
+
+# %% ../nbs/04_deepar.ipynb #4c1737ce
+class ChannelError(ValueError):
+    "A channel (folder of DeepAR JSON Lines) is missing, empty or malformed; the message names the file, the line and the fix."
+
+@dataclass
+class Series:
+    "One DeepAR record, parsed: the target as floats (NaN = missing), `cat`, `dynamic_feat` as (features, time)."
+    start: str
+    target: np.ndarray
+    cat: list[int] | None = None
+    dynamic_feat: np.ndarray | None = None
+    where: str = ""  # file and line, for messages
+
+def _numbers(values, where: str, what: str, allow_missing: bool) -> np.ndarray:
+    "A JSON array of numbers (and, if allowed, 'NaN'/null for missing values) as float64."
+    if not isinstance(values, list):
+        raise ChannelError(f"{where}: {what} must be a JSON array of numbers. Fix: write it as [1.0, 2.0, ...].")
+    if all(type(v) in (int, float) for v in values):
+        array = np.asarray(values, dtype=np.float64).reshape(len(values))
+    else:
+        array = np.empty(len(values))
+        for k, v in enumerate(values):
+            if type(v) in (int, float): array[k] = v
+            elif allow_missing and (v is None or v == "NaN"): array[k] = np.nan
+            else:
+                allowed = 'a number or "NaN"' if allow_missing else "a number (missing values are not allowed here)"
+                raise ChannelError(f"{where}: {what}[{k}] is {json.dumps(v)}, expected {allowed}. Fix: correct the value.")
+    if np.isinf(array).any():
+        raise ChannelError(f"{where}: {what}[{int(np.flatnonzero(np.isinf(array))[0])}] is infinite. Fix: use a finite number.")
+    if not allow_missing and np.isnan(array).any():
+        raise ChannelError(f"{where}: {what}[{int(np.flatnonzero(np.isnan(array))[0])}] is missing (NaN); DeepAR needs every "
+                           "value of a dynamic feature. Fix: fill it.")
+    return array
+
+def parse_record(record, where: str) -> Series:
+    "A `Series` from one decoded JSON Lines record, or a `ChannelError` naming `where` and the rule."
+    if not isinstance(record, dict):
+        raise ChannelError(f"{where}: a record must be a JSON object with \"start\" and \"target\". Fix: write one object per line.")
+    for key in ("start", "target"):
+        if key not in record: raise ChannelError(f"{where}: the record has no {key!r} field. Fix: add it.")
+    start = record["start"]
+    if not isinstance(start, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}( \d{2}:\d{2}(:\d{2})?)?", start.strip()):
+        raise ChannelError(f"{where}: \"start\" is {json.dumps(start)}; expected a string \"YYYY-MM-DD HH:MM:SS\". Fix: write the "
+                           "timestamp of the first target value in that form.")
+    target = _numbers(record["target"], where, "target", allow_missing=True)
+    cat = record.get("cat")
+    if cat is not None:
+        cat = [cat] if type(cat) is int else cat
+        if not isinstance(cat, list) or any(type(c) is not int or c < 0 for c in cat):
+            raise ChannelError(f"{where}: \"cat\" is {json.dumps(record['cat'])}; expected an array of non-negative integers "
+                               "(category indices). Fix: encode each category as 0, 1, 2, ...")
+    dynamic = record.get("dynamic_feat")
+    if dynamic is not None:
+        if not isinstance(dynamic, list) or not all(isinstance(d, list) for d in dynamic):
+            raise ChannelError(f"{where}: \"dynamic_feat\" must be an array of arrays (one per feature). Fix: write [[...], [...]].")
+        rows = [_numbers(d, where, f"dynamic_feat[{k}]", allow_missing=False) for k, d in enumerate(dynamic)]
+        if len({len(r) for r in rows}) > 1:
+            raise ChannelError(f"{where}: the dynamic features have different lengths ({', '.join(str(len(r)) for r in rows)}). "
+                               "Fix: give every feature one value per time point.")
+        dynamic = np.vstack(rows) if rows else np.zeros((0, len(target)))
+    return Series(start.strip(), target, cat, dynamic, where)
+
+# %% ../nbs/04_deepar.ipynb #128b10bb
+def channel_files(path: str | Path, channel: str) -> list[Path]:
+    "The data files of a channel: `path` itself if it is a file, else every non-hidden file under it, in name order."
+    path = Path(path)
+    if path.is_file(): files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    else:
+        raise ChannelError(f"{path}: the {channel} channel does not exist. Fix: pass the folder holding the {channel} JSON Lines.")
+    if not files:
+        raise ChannelError(f"{path}: the {channel} channel is empty (no files). Fix: put the {channel} JSON Lines file in it.")
+    for f in files:
+        if f.suffix.lower() in (".parquet", ".pq"):
+            raise ChannelError(f"{f}: Parquet channels are not supported by the local DeepAR. Fix: write the channel as JSON Lines.")
+    return files
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":  # gzip magic number, whatever the file's name
+        try: data = gzip.decompress(data)
+        except (OSError, EOFError) as e: raise ChannelError(f"{path}: a damaged gzip file ({e}). Fix: re-create the file.") from None
+    return data
+
+def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    "(line number, decoded object) for every non-blank line of a JSON Lines file (plain or gzipped)."
+    for number, line in enumerate(_read_bytes(path).splitlines(), start=1):
+        if not line.strip(): continue
+        try: yield number, json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ChannelError(f"{path.name}, line {number}: not valid JSON ({e}). Fix: write one JSON object per line "
+                               f"(file {path}).") from None
+
+def read_channel(path: str | Path, channel: str = "train") -> list[Series]:
+    "Every series of a channel (a folder of JSON Lines files, or one file), or a `ChannelError`."
+    series = []
+    for f in channel_files(path, channel):
+        series += [parse_record(obj, f"{f.name}, line {n}") for n, obj in read_json_lines(f)]
+    if not series:
+        raise ChannelError(f"{path}: the {channel} channel holds no records. Fix: write at least one series, one JSON object per line.")
+    return series
+
+# %% ../nbs/04_deepar.ipynb #a2c97eb4
+_PANDAS_FREQ = {"M": "M", "W": "W", "D": "D", "H": "h", "min": "min"}
+
+def pandas_freq(time_freq: str) -> str:
+    "The pandas frequency (period alias) of a SageMaker `time_freq`: '5min' -> '5min', 'H' -> 'h', '3M' -> '3M'."
+    multiple, unit = SAGEMAKER_FREQ.fullmatch(time_freq).groups()
+    return f"{multiple or ''}{_PANDAS_FREQ[unit]}"
+
+@dataclass(frozen=True)
+class DataSettings:
+    "What the model takes besides the target, as resolved from the hyperparameters and the train channel."
+    cardinality: tuple[int, ...] = ()  # one entry per categorical feature used; () = no `cat`
+    num_dynamic_feat: int = 0  # 0 = no `dynamic_feat`
+
+def resolve_data_settings(hp: DeepARHyperparameters, series: Sequence[Series]) -> DataSettings:
+    "Cardinality and number of dynamic features: inferred from the train channel (`auto`), dropped, or checked."
+    cardinality: tuple[int, ...] = ()
+    if hp.uses_cat:
+        with_cat = [s for s in series if s.cat is not None]
+        if with_cat and len(with_cat) != len(series):
+            s = next(s for s in series if s.cat is None)
+            raise ChannelError(f"{s.where}: this series has no \"cat\" but others have. Fix: give every series its categories, "
+                               "or set cardinality to ignore.")
+        widths = {len(s.cat) for s in with_cat}
+        if len(widths) > 1:
+            s = next(s for s in with_cat if len(s.cat) != len(with_cat[0].cat))
+            raise ChannelError(f"{s.where}: {len(s.cat)} \"cat\" values, but {with_cat[0].where} has {len(with_cat[0].cat)}. "
+                               "Fix: give every series the same categorical features.")
+        if hp.cardinality == "auto":
+            cardinality = tuple(int(c) + 1 for c in np.max([s.cat for s in with_cat], axis=0)) if with_cat and widths != {0} else ()
+        else:
+            cardinality = hp.cardinality
+            if not with_cat:
+                raise ChannelError(f"{series[0].where}: cardinality is {list(cardinality)} but the series have no \"cat\". "
+                                   "Fix: add the categories, or set cardinality to auto.")
+    dynamic = 0
+    if hp.uses_dynamic_feat:
+        with_dynamic = [s for s in series if s.dynamic_feat is not None]
+        if with_dynamic and len(with_dynamic) != len(series):
+            s = next(s for s in series if s.dynamic_feat is None)
+            raise ChannelError(f"{s.where}: this series has no \"dynamic_feat\" but others have. Fix: give every series its "
+                               "dynamic features, or set num_dynamic_feat to ignore.")
+        dynamic = len(with_dynamic[0].dynamic_feat) if with_dynamic else 0
+        if hp.num_dynamic_feat != "auto":
+            dynamic = hp.num_dynamic_feat
+            if not with_dynamic:
+                raise ChannelError(f"{series[0].where}: num_dynamic_feat is {dynamic} but the series have no \"dynamic_feat\". "
+                                   "Fix: add them, or set num_dynamic_feat to auto.")
+    return DataSettings(cardinality, dynamic)
+
+def check_series(s: Series, settings: DataSettings, likelihood: str, future: int = 0):
+    "Refuse a series that does not fit the model: `cat`, `dynamic_feat` (target length + `future` long), target bounds."
+    if settings.cardinality:
+        if s.cat is None:
+            raise ChannelError(f"{s.where}: no \"cat\", but the model uses {len(settings.cardinality)} categorical feature(s). "
+                               "Fix: give the series its categories.")
+        if len(s.cat) != len(settings.cardinality):
+            raise ChannelError(f"{s.where}: {len(s.cat)} \"cat\" values, but the model uses {len(settings.cardinality)} "
+                               f"(cardinality {list(settings.cardinality)}). Fix: give one value per categorical feature.")
+        for k, (c, n) in enumerate(zip(s.cat, settings.cardinality)):
+            if c >= n:
+                raise ChannelError(f"{s.where}: cat[{k}] is {c}, beyond the cardinality {n} of that feature (values 0 to {n - 1}). "
+                                   "Fix: use the category encoding of the training data (or a larger cardinality).")
+    if settings.num_dynamic_feat:
+        if s.dynamic_feat is None or len(s.dynamic_feat) != settings.num_dynamic_feat:
+            got = 0 if s.dynamic_feat is None else len(s.dynamic_feat)
+            raise ChannelError(f"{s.where}: {got} dynamic feature(s), but the model uses {settings.num_dynamic_feat}. "
+                               "Fix: give the series the same dynamic features as the training data.")
+        needed, got = len(s.target) + future, s.dynamic_feat.shape[1]
+        if (got < needed) if future else (got != needed):
+            rule = (f"at least len(target) + prediction_length = {len(s.target)} + {future} = {needed}" if future
+                    else f"exactly as long as the target ({needed})")
+            raise ChannelError(f"{s.where}: the dynamic features hold {got} values; they must be {rule}. "
+                               + ("Fix: extend them over the forecast horizon." if future else "Fix: give one value per target value."))
+    observed = s.target[~np.isnan(s.target)]
+    if likelihood == "negative-binomial" and (observed < 0).any():
+        raise ChannelError(f"{s.where}: a negative target value ({observed.min():g}); the negative-binomial likelihood models counts. "
+                           "Fix: use non-negative targets, or likelihood student-T or gaussian.")
+    if likelihood == "beta" and ((observed <= 0) | (observed >= 1)).any():
+        raise ChannelError(f"{s.where}: a target value not strictly between 0 and 1; the beta likelihood models fractions "
+                           "(its density is zero at 0 and 1). Fix: scale the targets into (0, 1), or use another likelihood.")
+
+# %% ../nbs/04_deepar.ipynb #fa8b811c
+def quantile_label(q: float) -> str:
+    "The label SageMaker uses for quantile `q` in metric names and responses: 0.1 -> '0.1'."
+    return repr(float(q))
+
+def forecast_metrics(actuals: np.ndarray, samples: np.ndarray, quantiles: Sequence[float]) -> dict[str, float]:
+    "SageMaker DeepAR's test metrics from actuals (series, T) and sample paths (series, samples, T)."
+    actuals, samples = np.asarray(actuals, dtype=np.float64), np.asarray(samples, dtype=np.float64)
+    observed = ~np.isnan(actuals)
+    y = np.where(observed, actuals, 0.0)
+    mean = samples.mean(axis=1)
+    metrics = {"test:RMSE": float(np.sqrt(((mean - y) ** 2)[observed].mean()))}
+    scale = np.abs(y).sum()
+    losses = []
+    for q in quantiles:
+        predicted = np.quantile(samples, q, axis=1)
+        pinball = np.where(y >= predicted, q * (y - predicted), (1 - q) * (predicted - y))
+        losses.append(float(2 * pinball[observed].sum() / scale) if scale > 0 else float("nan"))
+    metrics["test:mean_wQuantileLoss"] = float(np.mean(losses))
+    metrics.update({f"test:wQuantileLoss[{quantile_label(q)}]": loss for q, loss in zip(quantiles, losses)})
+    return metrics
+
+# %% ../nbs/04_deepar.ipynb #1e402bc7
+def metric_list(metrics: Mapping[str, float]) -> list[dict]:
+    "Metrics in the shape of SageMaker's `FinalMetricDataList`: `[{'MetricName': ..., 'Value': ...}]`."
+    return [{"MetricName": name, "Value": float(value)} for name, value in metrics.items()]
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    "Write `data` to `path` through a temporary file in the same folder, so no reader sees half a file."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp_path.write_bytes(data)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return path
+
+def write_metrics(output_dir: str | Path, metrics: Mapping[str, float]) -> Path:
+    "Write `output_dir/metrics.json` (FinalMetricDataList shape), atomically."
+    return _write_atomic(Path(output_dir) / "metrics.json", (json.dumps(metric_list(metrics), indent=2) + "\n").encode())
+
+# %% ../nbs/04_deepar.ipynb #10e4574e
+def _distr_output(likelihood: str):
+    "The GluonTS torch distribution output nearest to a SageMaker likelihood."
+    from gluonts.torch.distributions import (BetaOutput, LaplaceOutput, NegativeBinomialOutput, NormalOutput,
+                                             StudentTOutput)
+    return {"gaussian": NormalOutput, "beta": BetaOutput, "negative-binomial": NegativeBinomialOutput,
+            "student-T": StudentTOutput, "deterministic-L1": LaplaceOutput}[likelihood]()
+
+def batches_per_epoch(series: Sequence[Series], hp: DeepARHyperparameters) -> int:
+    "Batches in one pass over the train channel: each point seen once on average in a context+prediction window."
+    points = sum(len(s.target) for s in series)
+    return max(1, math.ceil(points / (hp.context_length + hp.prediction_length) / hp.mini_batch_size))
+
+def _gluonts_entry(s: Series, freq: str, settings: DataSettings, length: int | None = None) -> dict:
+    "A GluonTS data entry for a series: the target (cut to `length`), `cat`, `dynamic_feat` as the model uses them."
+    import pandas as pd
+    length = len(s.target) if length is None else length
+    entry = {"start": pd.Period(s.start, freq=freq), "target": s.target[:length].astype(np.float32)}
+    if settings.cardinality: entry["feat_static_cat"] = np.asarray(s.cat, dtype=np.int64)
+    if settings.num_dynamic_feat: entry["feat_dynamic_real"] = s.dynamic_feat.astype(np.float32)
+    return entry
+
+# %% ../nbs/04_deepar.ipynb #5a26cdd2
+class _quiet:
+    "Context: lightning/GluonTS logging at ERROR and library warnings off, restored on exit."
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "gluonts")
+    def __enter__(self):
+        import logging, warnings
+        import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import: import first, then override)
+        self._levels = {n: logging.getLogger(n).level for n in self.names}
+        for n in self.names: logging.getLogger(n).setLevel(logging.ERROR)
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        return self
+    def __exit__(self, *exc):
+        import logging
+        self._warnings.__exit__(*exc)
+        for n, level in self._levels.items(): logging.getLogger(n).setLevel(level)
+
+class _seeded:
+    "Context: torch, numpy and Python's `random` seeded, their previous states restored on exit."
+    def __init__(self, seed: int): self.seed = seed
+    def __enter__(self):
+        import random, torch
+        self._states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+        random.seed(self.seed); np.random.seed(self.seed); torch.manual_seed(self.seed)
+    def __exit__(self, *exc):
+        import random, torch
+        random.setstate(self._states[0]); np.random.set_state(self._states[1]); torch.random.set_rng_state(self._states[2])
+
+# %% ../nbs/04_deepar.ipynb #b86cde67
+def _train_network(hp: DeepARHyperparameters, settings: DataSettings, series: Sequence[Series], work_dir: Path,
+                   progress: Callable[[dict], None] | None):
+    "Train GluonTS's DeepAR on `series`; return the predictor (best epoch's weights) and the last epoch's mean loss."
+    import lightning.pytorch as pl
+    from gluonts.torch.model.deepar import DeepAREstimator
+    freq = pandas_freq(hp.time_freq)
+    started, epochs_seen = time.perf_counter(), []
+
+    class EpochLog(pl.Callback):
+        "Records each epoch's mean training loss and reports progress."
+        def on_train_epoch_end(self, trainer, module):
+            loss = float(trainer.callback_metrics["train_loss"])
+            epochs_seen.append(loss)
+            if progress:
+                progress({"epoch": len(epochs_seen), "epochs": hp.epochs, "loss": loss, "best_loss": min(epochs_seen),
+                          "seconds": time.perf_counter() - started})
+
+    callbacks = [EpochLog()]
+    if hp.early_stopping_patience:
+        callbacks.append(pl.callbacks.EarlyStopping(monitor="train_loss", mode="min", patience=hp.early_stopping_patience,
+                                                    check_on_train_epoch_end=True))
+    estimator = DeepAREstimator(
+        freq=freq, prediction_length=hp.prediction_length, context_length=hp.context_length,
+        num_layers=hp.num_layers, hidden_size=hp.num_cells, lr=hp.learning_rate, dropout_rate=hp.dropout_rate,
+        num_feat_dynamic_real=settings.num_dynamic_feat, num_feat_static_cat=len(settings.cardinality),
+        cardinality=list(settings.cardinality) or None,
+        embedding_dimension=[hp.embedding_dimension] * len(settings.cardinality) or None,
+        distr_output=_distr_output(hp.likelihood), scaling=hp.likelihood != "beta", num_parallel_samples=hp.num_eval_samples,
+        batch_size=hp.mini_batch_size, num_batches_per_epoch=batches_per_epoch(series, hp),
+        trainer_kwargs={"max_epochs": hp.epochs, "accelerator": "cpu", "devices": 1, "logger": False,
+                        "enable_progress_bar": False, "enable_model_summary": False,
+                        "default_root_dir": str(work_dir), "callbacks": callbacks})
+    entries = [_gluonts_entry(s, freq, settings) for s in series]
+    output = estimator.train_model(entries, cache_data=True)
+    return output.predictor, epochs_seen[-1]
+
+# %% ../nbs/04_deepar.ipynb #c09ed70f
+def _forecast_samples(predictor, entries: list[dict], num_samples: int) -> list[np.ndarray]:
+    "Sample paths (samples, prediction_length) for each entry, in order."
+    return [np.asarray(f.samples, dtype=np.float64) for f in predictor.predict(entries, num_samples=num_samples)]
+
+def evaluate(predictor, hp: DeepARHyperparameters, settings: DataSettings, test: Sequence[Series]) -> dict[str, float]:
+    "SageMaker's test metrics: forecast the last prediction_length points of each test series from the points before."
+    pl_, freq = hp.prediction_length, pandas_freq(hp.time_freq)
+    for s in test:
+        if len(s.target) <= pl_:
+            raise ChannelError(f"{s.where}: a test series of {len(s.target)} points; it must be longer than prediction_length="
+                               f"{pl_} (its last prediction_length points are forecast from the rest). Fix: give the full series.")
+    entries = [_gluonts_entry(s, freq, settings, length=len(s.target) - pl_) for s in test]
+    samples = _forecast_samples(predictor, entries, hp.num_eval_samples)
+    actuals = np.stack([s.target[-pl_:] for s in test])
+    return forecast_metrics(actuals, np.stack(samples), hp.test_quantiles)
+
+# %% ../nbs/04_deepar.ipynb #127a7a08
+ARTIFACT_FORMAT = 1
+
+def _tar_directory(source: Path, archive: Path):
+    "Write `source`'s files into a gzipped tar at `archive` (atomically), names sorted, timestamps and owners zeroed."
+    tmp_path = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp_path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(source.rglob("*")):
+                info = tar.gettarinfo(path, arcname=path.relative_to(source).as_posix())
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                if path.is_file():
+                    with open(path, "rb") as f: tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+        os.replace(tmp_path, archive)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+def save_model(predictor, hp: DeepARHyperparameters, settings: DataSettings, model_dir: str | Path) -> Path:
+    "Write `model_dir/model.tar.gz`: the serialized GluonTS predictor, hyperparameters.json and config.json."
+    import gluonts, torch
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".deepar-artifact-", dir=model_dir) as staging:
+        staging = Path(staging)
+        (staging / "predictor").mkdir()
+        predictor.serialize(staging / "predictor")
+        (staging / "hyperparameters.json").write_text(json.dumps(hp.to_strings(), indent=2, sort_keys=True) + "\n")
+        config = {"format": ARTIFACT_FORMAT, "algorithm": "forecasting-deepar (local, GluonTS torch)",
+                  "freq": pandas_freq(hp.time_freq), "cardinality": list(settings.cardinality),
+                  "num_dynamic_feat": settings.num_dynamic_feat, "prediction_length": hp.prediction_length,
+                  "context_length": hp.context_length, "gluonts": gluonts.__version__, "torch": torch.__version__}
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        archive = model_dir / "model.tar.gz"
+        _tar_directory(staging, archive)
+    return archive
+
+# %% ../nbs/04_deepar.ipynb #d1547820
+def train(hyperparameters: DeepARHyperparameters | Mapping[str, Any], train_dir: str | Path, test_dir: str | Path | None,
+          model_dir: str | Path, output_dir: str | Path, seed: int = 0,
+          progress: Callable[[dict], None] | None = None) -> dict[str, float]:
+    "Train the local DeepAR on the channels; write `model_dir/model.tar.gz` and `output_dir/metrics.json`; return the metrics."
+    hp = hyperparameters if isinstance(hyperparameters, DeepARHyperparameters) else DeepARHyperparameters.from_strings(hyperparameters)
+    train_series = read_channel(train_dir, "train")
+    settings = resolve_data_settings(hp, train_series)
+    for s in train_series: check_series(s, settings, hp.likelihood)
+    if not any((~np.isnan(s.target)).any() for s in train_series):
+        raise ChannelError(f"{train_dir}: the train channel has no observed target value (all NaN). Fix: provide data.")
+    test_series = None
+    if test_dir is not None:
+        test_series = read_channel(test_dir, "test")
+        for s in test_series: check_series(s, settings, hp.likelihood)
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with _quiet(), _seeded(seed), tempfile.TemporaryDirectory(prefix=".deepar-work-", dir=model_dir) as work_dir:
+        predictor, final_loss = _train_network(hp, settings, train_series, Path(work_dir), progress)
+        metrics = {"train:final_loss": final_loss}
+        if test_series is not None:
+            metrics.update(evaluate(predictor, hp, settings, test_series))
+        save_model(predictor, hp, settings, model_dir)
+    write_metrics(output_dir, metrics)
+    return metrics
+
+# %% ../nbs/04_deepar.ipynb #fd4f94c4
+class InferenceRequestError(ValueError):
+    "An inference request (instance or configuration) breaks DeepAR's request format; the message says where and why."
+
+DEFAULT_INFERENCE_CONFIG = {"num_samples": 100, "output_types": ["mean", "quantiles"],
+                            "quantiles": [quantile_label(q) for q in DEFAULT_QUANTILES]}
+OUTPUT_TYPES = ("mean", "quantiles", "samples")
+
+@dataclass(frozen=True)
+class InferenceConfiguration:
+    "A request's `configuration`: sample paths to draw, outputs to return, quantiles (as their strings)."
+    num_samples: int = 100
+    output_types: tuple[str, ...] = ("mean", "quantiles")
+    quantiles: tuple[str, ...] = tuple(DEFAULT_INFERENCE_CONFIG["quantiles"])
+
+    @classmethod
+    def from_json(cls, configuration: Mapping | str | None, where: str = "configuration") -> "InferenceConfiguration":
+        "Parse a configuration object (or its JSON text); missing keys take SageMaker's defaults."
+        if configuration is None: return cls()
+        if isinstance(configuration, (str, bytes)):
+            try: configuration = json.loads(configuration)
+            except json.JSONDecodeError as e: raise InferenceRequestError(f"{where}: not valid JSON ({e}).") from None
+        if not isinstance(configuration, dict):
+            raise InferenceRequestError(f"{where}: must be a JSON object with num_samples, output_types and quantiles.")
+        unknown = sorted(set(configuration) - {"num_samples", "output_types", "quantiles"})
+        if unknown:
+            raise InferenceRequestError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are num_samples, output_types, quantiles.")
+        num_samples = configuration.get("num_samples", 100)
+        if type(num_samples) is not int or num_samples < 1:
+            raise InferenceRequestError(f"{where}: num_samples is {json.dumps(num_samples)}; it must be a positive integer.")
+        output_types = configuration.get("output_types", DEFAULT_INFERENCE_CONFIG["output_types"])
+        if not isinstance(output_types, list) or not output_types or any(t not in OUTPUT_TYPES for t in output_types):
+            raise InferenceRequestError(f"{where}: output_types is {json.dumps(output_types)}; it must be a non-empty list "
+                                        "of mean, quantiles, samples.")
+        quantiles = configuration.get("quantiles", DEFAULT_INFERENCE_CONFIG["quantiles"])
+        if not isinstance(quantiles, list) or not quantiles:
+            raise InferenceRequestError(f"{where}: quantiles must be a non-empty list of strings such as [\"0.1\", \"0.9\"].")
+        labels = []
+        for q in quantiles:
+            try: value = float(q) if not isinstance(q, bool) else None
+            except (TypeError, ValueError): value = None
+            if value is None or not 0 < value < 1:
+                raise InferenceRequestError(f"{where}: quantile {json.dumps(q)} is not a number strictly between 0 and 1.")
+            labels.append(q if isinstance(q, str) else quantile_label(q))
+        return cls(num_samples, tuple(dict.fromkeys(output_types)), tuple(labels))
+
+# %% ../nbs/04_deepar.ipynb #46033475
+def _predictions(samples: np.ndarray, configuration: InferenceConfiguration) -> dict:
+    "One prediction object (quantiles, samples, mean: those requested) from sample paths (samples, T)."
+    prediction = {}
+    if "quantiles" in configuration.output_types:
+        prediction["quantiles"] = {label: np.quantile(samples, float(label), axis=0).tolist() for label in configuration.quantiles}
+    if "samples" in configuration.output_types:
+        prediction["samples"] = samples.tolist()
+    if "mean" in configuration.output_types:
+        prediction["mean"] = samples.mean(axis=0).tolist()
+    return prediction
+
+class DeepARPredictor:
+    "A trained local DeepAR, loaded from `model.tar.gz`: answers SageMaker DeepAR requests."
+    def __init__(self, predictor, hyperparameters: DeepARHyperparameters, config: dict):
+        self.predictor, self.hyperparameters, self.config = predictor, hyperparameters, config
+        self.settings = DataSettings(tuple(config["cardinality"]), int(config["num_dynamic_feat"]))
+        self.prediction_length = hyperparameters.prediction_length
+
+    @classmethod
+    def load(cls, model: str | Path) -> "DeepARPredictor":
+        "Load `model.tar.gz` (or the folder holding it) into a predictor."
+        archive = Path(model)
+        if archive.is_dir(): archive = archive / "model.tar.gz"
+        if not archive.is_file():
+            raise FileNotFoundError(f"{archive}: no model artifact. Fix: pass the model folder of a local DeepAR training run "
+                                    "(it holds model.tar.gz).")
+        with _quiet(), tempfile.TemporaryDirectory(prefix="mlops-deepar-model-") as unpacked:
+            from gluonts.torch.model.predictor import PyTorchPredictor
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(unpacked, filter="data")
+            unpacked = Path(unpacked)
+            config = json.loads((unpacked / "config.json").read_text())
+            if config.get("format") != ARTIFACT_FORMAT:
+                raise ValueError(f"{archive}: artifact format {config.get('format')!r}, this version reads {ARTIFACT_FORMAT}. "
+                                 "Fix: retrain the model with this version of mlops.")
+            hp = DeepARHyperparameters.from_strings(json.loads((unpacked / "hyperparameters.json").read_text()))
+            predictor = PyTorchPredictor.deserialize(unpacked / "predictor", device="cpu")
+        return cls(predictor, hp, config)
+
+    def parse_instance(self, instance, where: str) -> Series:
+        "A request instance as a `Series` the model can forecast, or an `InferenceRequestError` saying why not."
+        try:
+            s = parse_record(instance, where)
+            check_series(s, self.settings, "any", future=self.prediction_length)
+        except ChannelError as e:
+            raise InferenceRequestError(str(e)) from None
+        return s
+
+    def forecast(self, series: Sequence[Series], num_samples: int = 100, seed: int = 0) -> list[np.ndarray]:
+        "Sample paths (num_samples, prediction_length) for each series, after its last target value."
+        freq, horizon = pandas_freq(self.hyperparameters.time_freq), self.prediction_length
+        entries = []
+        for s in series:
+            entry = _gluonts_entry(s, freq, self.settings)
+            if self.settings.num_dynamic_feat:  # exactly the horizon past the target
+                entry["feat_dynamic_real"] = entry["feat_dynamic_real"][:, : len(s.target) + horizon]
+            entries.append(entry)
+        with _quiet(), _seeded(seed):
+            return _forecast_samples(self.predictor, entries, num_samples)
+
+    def predict_request(self, request: Mapping | str | bytes) -> dict:
+        "SageMaker DeepAR's response JSON (`predictions`) for its request JSON (`instances`, `configuration`)."
+        if isinstance(request, (str, bytes)):
+            try: request = json.loads(request)
+            except json.JSONDecodeError as e: raise InferenceRequestError(f"request: not valid JSON ({e}).") from None
+        if not isinstance(request, dict) or not isinstance(request.get("instances"), list):
+            raise InferenceRequestError("request: must be a JSON object with an \"instances\" array (and an optional "
+                                        "\"configuration\").")
+        configuration = InferenceConfiguration.from_json(request.get("configuration"))
+        series = [self.parse_instance(obj, f"instances[{k}]") for k, obj in enumerate(request["instances"])]
+        samples = self.forecast(series, configuration.num_samples) if series else []
+        return {"predictions": [_predictions(s, configuration) for s in samples]}
+
+# %% ../nbs/04_deepar.ipynb #24806905
+_LOADED: dict[tuple, DeepARPredictor] = {}
+
+def load_model(model: str | Path) -> DeepARPredictor:
+    "The `DeepARPredictor` of `model.tar.gz` (or the folder holding it), loaded once per archive version."
+    archive = Path(model)
+    if archive.is_dir(): archive = archive / "model.tar.gz"
+    key = (str(archive.resolve()), archive.stat().st_mtime_ns) if archive.is_file() else (str(archive), 0)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = DeepARPredictor.load(archive)
+    return _LOADED[key]
+
+def predict(model_dir: str | Path, request: Mapping | str | bytes) -> dict:
+    "SageMaker DeepAR's response for `request`, from the model in `model_dir`."
+    return load_model(model_dir).predict_request(request)
+
+# %% ../nbs/04_deepar.ipynb #f3b28b97
+INFERENCE_CONFIG_ENV = "DEEPAR_INFERENCE_CONFIG"
+
+def transform(model_dir: str | Path, input_path: str | Path, output_dir: str | Path,
+              configuration: Mapping | str | None = None) -> list[Path]:
+    "Batch transform: a `<file>.out` of prediction lines for every JSON Lines file under `input_path`; return the outputs."
+    if configuration is None: configuration = os.environ.get(INFERENCE_CONFIG_ENV)
+    configuration = InferenceConfiguration.from_json(configuration, INFERENCE_CONFIG_ENV if isinstance(configuration, str) else "configuration")
+    model = load_model(model_dir)
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    try: files = channel_files(input_path, "transform input")
+    except ChannelError as e: raise InferenceRequestError(str(e)) from None
+    outputs = []
+    for f in files:
+        try: lines = list(read_json_lines(f))
+        except ChannelError as e: raise InferenceRequestError(str(e)) from None
+        series = [model.parse_instance(obj, f"{f.name}, line {n}") for n, obj in lines]
+        samples = model.forecast(series, configuration.num_samples) if series else []
+        body = b"".join(json.dumps(_predictions(s, configuration)).encode() + b"\n" for s in samples)
+        relative = f.name if input_path.is_file() else f.relative_to(input_path).as_posix()
+        outputs.append(_write_atomic(output_dir / f"{relative}.out", body))
+    return outputs
+
+# %% ../nbs/04_deepar.ipynb #cfff79b0
+def format_progress(p: Mapping) -> str:
+    "One log line for an epoch: 'epoch 3/10: train loss 1.2345 (best 1.2000), 4.2 s'."
+    return f"epoch {p['epoch']}/{p['epochs']}: train loss {p['loss']:.4f} (best {p['best_loss']:.4f}), {p['seconds']:.1f} s"
+
+def _hyperparameters_from_args(path: str | None, pairs: Sequence[Sequence[str]]) -> dict[str, str]:
+    given = {}
+    if path:
+        try: given = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise HyperparameterError("--hyperparameters", path, f"cannot be read as a JSON object of strings ({e}).") from None
+        if not isinstance(given, dict):
+            raise HyperparameterError("--hyperparameters", path, "must hold a JSON object mapping names to strings.")
+    given.update({name: value for name, value in pairs})
+    return {name: value if isinstance(value, str) else json.dumps(value) for name, value in given.items()}
+
+def main(argv: Sequence[str] | None = None) -> int:
+    "Command line of the local DeepAR: `train` and `transform` (see above); returns the exit status."
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m mlops.deepar", description="Local stand-in for SageMaker's DeepAR.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    t = commands.add_parser("train", help="train on the channels; write model.tar.gz and metrics.json")
+    t.add_argument("--train", required=True, help="train channel: folder (or file) of DeepAR JSON Lines")
+    t.add_argument("--test", help="test channel (optional): the metrics are computed on it")
+    t.add_argument("--model-dir", required=True, help="where model.tar.gz goes")
+    t.add_argument("--output-dir", required=True, help="where metrics.json goes")
+    t.add_argument("--hyperparameters", metavar="FILE", help="JSON object of hyperparameter strings")
+    t.add_argument("-p", "--hyperparameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    t.add_argument("--seed", type=int, default=0)
+    x = commands.add_parser("transform", help="batch transform: <file>.out per JSON Lines input file")
+    x.add_argument("--model-dir", required=True, help="folder holding model.tar.gz")
+    x.add_argument("--input", required=True, help="JSON Lines file, or a folder of them")
+    x.add_argument("--output", required=True, help="output folder")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        if args.command == "train":
+            hyperparameters = DeepARHyperparameters.from_strings(_hyperparameters_from_args(args.hyperparameters, args.hyperparameter))
+            metrics = train(hyperparameters, args.train, args.test, args.model_dir, args.output_dir, seed=args.seed,
+                            progress=lambda p: print(format_progress(p), flush=True))
+            for name, value in metrics.items():
+                print(f"{name} = {value:.6g}")
+            print(f"wrote {Path(args.model_dir) / 'model.tar.gz'} and {Path(args.output_dir) / 'metrics.json'} "
+                  f"in {time.perf_counter() - started:.1f} s")
+        else:
+            outputs = transform(args.model_dir, args.input, args.output)
+            print(f"wrote {len(outputs)} file(s) to {args.output} in {time.perf_counter() - started:.1f} s")
+    except (ValueError, FileNotFoundError) as e:  # our errors: hyperparameters, channels, requests, missing model
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+# %% ../nbs/04_deepar.ipynb #a2b935d2
+#| eval: false
+if __name__ == "__main__":
+    sys.exit(main())
+
+# %% ../nbs/04_deepar.ipynb #84246207
+def demo_channels(channels_dir: str | Path, prediction_length: int | None = None, context_length: int | None = None) -> dict:
+    "Write the demo data's train and test channels under `channels_dir` (train/, test/); return the features summary."
+    from mlops.config import FORECAST
+    from mlops.data import DEMO_COLUMNS, demo_data, validate_series
+    from mlops.features import build_features, min_series_length
+    prediction_length = prediction_length or FORECAST.prediction_length
+    context_length = context_length or FORECAST.context_length
+    table = validate_series(demo_data(), DEMO_COLUMNS, freq=FORECAST.freq,
+                            min_length=min_series_length("train", context_length, prediction_length), source="demo data")
+    return build_features(table, channels_dir, mode="train", prediction_length=prediction_length, context_length=context_length)
+
+def train_demo(work_dir: str | Path, epochs: int = 10, hyperparameters: Mapping[str, str] | None = None, seed: int = 0,
+               progress: Callable[[dict], None] | None = None) -> dict:
+    "Train the local DeepAR on the demo channels under `work_dir`; return metrics, paths and wall time."
+    from mlops.config import FORECAST
+    started = time.perf_counter()
+    work_dir = Path(work_dir)
+    given = {"time_freq": FORECAST.freq, "context_length": str(FORECAST.context_length),
+             "prediction_length": str(FORECAST.prediction_length), "epochs": str(epochs), **(hyperparameters or {})}
+    hp = DeepARHyperparameters.from_strings(given)  # refuse bad values before any work
+    demo_channels(work_dir / "channels", hp.prediction_length, hp.context_length)
+    metrics = train(hp, work_dir / "channels" / "train", work_dir / "channels" / "test", work_dir / "model",
+                    work_dir / "output", seed=seed, progress=progress)
+    return {"metrics": metrics, "model": work_dir / "model" / "model.tar.gz", "metrics_file": work_dir / "output" / "metrics.json",
+            "hyperparameters": hp.to_strings(), "seconds": time.perf_counter() - started}
