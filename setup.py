@@ -28,6 +28,8 @@ setuptools.setup(
     python_requires=f">={cfg['min_python']}",
     packages=setuptools.find_packages(include=["mlops", "mlops.*"]),
     include_package_data=True,
+    # data files the package reads at run time (nbdev_export only rewrites the .py files it generates)
+    package_data={"mlops": ["schemas/*.json"]},
     install_requires=requirements,
     extras_require={
         "local": local_requirements,
