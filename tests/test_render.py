@@ -1,0 +1,385 @@
+"""`mlops render`, `fill`, `validate` and `dag` on the real templates: hermetic, deterministic, valid, deployable.
+
+Renders run as the real command (`python -m mlops.render ...`) in fresh processes with no AWS
+credentials or configuration, under a guard that records every socket connection or host lookup.
+"""
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlops.config import EXAMPLE_ACCOUNT_ID, TEMPLATE_KEYS, project_root
+from mlops.render import (CLOUDFORMATION_FILE, FINGERPRINT_FILE, KEYS_FILE, SCHEMA_OVERLAY, TEMPLATE_FILES,
+                          DefinitionInvalid, FillError, example_values, fill, fill_definition, render,
+                          sagemaker_service_model, validate_definition, validate_file)
+
+TEMPLATES = project_root() / "templates"
+ARTIFACTS = [*TEMPLATE_FILES.values(), KEYS_FILE, CLOUDFORMATION_FILE, FINGERPRINT_FILE]
+
+# Installed before anything else is imported: every connection or name lookup is recorded, then refused.
+SOCKET_GUARD = textwrap.dedent("""
+    import json, os, runpy, socket, sys
+    attempts = []
+    def refuse(what):
+        def refused(*args, **kwargs):
+            attempts.append(f"{what}{args[1:] if what.startswith('socket.') else args}")
+            raise OSError(f"network refused by the test: {what}")
+        return refused
+    socket.socket.connect, socket.socket.connect_ex = refuse("socket.connect"), refuse("socket.connect_ex")
+    socket.getaddrinfo, socket.create_connection = refuse("getaddrinfo"), refuse("create_connection")
+    sys.argv = ["mlops.render", *sys.argv[1:]]
+    try:
+        runpy.run_module("mlops.render", run_name="__main__")
+    finally:
+        with open(os.environ["SOCKET_LOG"], "w") as log:
+            json.dump(attempts, log)
+""")
+
+
+def bare_environment(tmp_path: Path) -> dict:
+    "The environment of a machine with no AWS credentials, configuration or region."
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_", "BOTO"))}
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {**env, "HOME": str(home)}
+
+
+def guarded_mlops_render(tmp_path: Path, *args) -> tuple[subprocess.CompletedProcess, list]:
+    log = tmp_path / f"sockets-{len(list(tmp_path.glob('sockets-*')))}.json"
+    result = subprocess.run([sys.executable, "-c", SOCKET_GUARD, *map(str, args)], capture_output=True, text=True,
+                            env={**bare_environment(tmp_path), "SOCKET_LOG": str(log)}, cwd=tmp_path)
+    return result, json.loads(log.read_text())
+
+
+def test_two_renders_are_byte_identical_hermetic_and_match_the_committed_templates(tmp_path):
+    outputs = []
+    for run in ("first", "second"):
+        result, attempts = guarded_mlops_render(tmp_path, "render", "--out", tmp_path / run)
+        assert result.returncode == 0, result.stderr
+        assert attempts == [], f"the render opened network connections: {attempts}"
+        outputs.append({name: (tmp_path / run / name).read_bytes() for name in ARTIFACTS})
+    assert outputs[0] == outputs[1]
+    committed = {name: (TEMPLATES / name).read_bytes() for name in ARTIFACTS if name != FINGERPRINT_FILE}
+    assert committed == {k: v for k, v in outputs[0].items() if k != FINGERPRINT_FILE}, \
+        "templates/ is out of date: run `mlops render`"
+
+
+def test_the_socket_guard_catches_a_connection(tmp_path):
+    "The guard itself can fail: a build that reaches out is reported."
+    script = tmp_path / "reach.py"
+    script.write_text("import socket\ntry:\n    socket.create_connection(('example.com', 443), timeout=1)\nexcept OSError:\n    pass\n")
+    log = tmp_path / "log.json"
+    guard = SOCKET_GUARD.replace('runpy.run_module("mlops.render", run_name="__main__")', f"runpy.run_path({str(script)!r})")
+    subprocess.run([sys.executable, "-c", guard], env={**os.environ, "SOCKET_LOG": str(log)}, check=True)
+    assert json.loads(log.read_text()) and "example.com" in json.loads(log.read_text())[0]
+
+
+FORBIDDEN = {
+    "a timestamp": re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"),
+    "a machine path": re.compile(r"(/home/|/Users/|/root|/tmp/|/work/|/var/folders|[A-Z]:\\\\)"),
+    "an account id": re.compile(rf"(?<!\d)(?!{EXAMPLE_ACCOUNT_ID})\d{{12}}(?!\d)"),
+    "a sentinel": re.compile(r"mlops-sentinel|000000000000", re.I),
+    "a random name": re.compile(r"\b(model|job|pipelines?)-[0-9a-f]{8}\b"),
+}
+
+
+ARN = re.compile(r"arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:\d*:")
+REGION = re.compile(r"\b(us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-\d\b")
+
+
+@pytest.mark.parametrize("name", ARTIFACTS)
+def test_templates_hold_no_timestamps_paths_accounts_or_random_names(name):
+    text = (TEMPLATES / name).read_text()
+    for what, pattern in FORBIDDEN.items():
+        assert not pattern.search(text), f"templates/{name} holds {what}: {pattern.search(text).group(0)!r}"
+    if name != KEYS_FILE:  # the examples in keys.json are the only ARNs and regions allowed
+        assert not ARN.search(text) and not REGION.search(text), f"templates/{name} holds an ARN or a region"
+
+
+def test_the_scan_can_fail():
+    assert FORBIDDEN["an account id"].search('"arn:aws:iam::123456789012:role/x"')
+    assert not FORBIDDEN["an account id"].search(f'"arn:aws:iam::{EXAMPLE_ACCOUNT_ID}:role/x"')
+    assert FORBIDDEN["a machine path"].search('"/home/someone/mlops/nbs"')
+    assert ARN.search("arn:aws:kms:eu-west-1:111122223333:key/x") and REGION.search('"us-east-1"')
+
+
+@pytest.mark.parametrize("name", TEMPLATE_FILES.values())
+def test_every_template_passes_mlops_validate(name):
+    assert validate_file(TEMPLATES / name) == []
+    result = subprocess.run([sys.executable, "-m", "mlops.render", "validate", TEMPLATES / name], capture_output=True, text=True)
+    assert result.returncode == 0 and "valid" in result.stdout, result.stderr
+
+
+def test_keys_manifest_points_at_every_placeholder():
+    keys = json.loads((TEMPLATES / KEYS_FILE).read_text())
+    assert set(keys) == set(TEMPLATE_KEYS)
+    for file in TEMPLATE_FILES.values():
+        template = json.loads((TEMPLATES / file).read_text())
+        pointed = 0
+        for key, entry in keys.items():
+            assert entry["description"] and entry["example"]
+            for pointer in entry["used_in"].get(file, []):
+                assert "{{ " + key + " }}" in resolve(template, pointer), (key, pointer)
+                pointed += 1
+        assert pointed == len(re.findall(r"\{\{ \w+ \}\}", json.dumps(template)))
+
+
+def resolve(document, pointer: str):
+    for part in pointer.split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        document = document[int(part)] if isinstance(document, list) else document[part]
+    return document
+
+
+# --- fill -------------------------------------------------------------------------------------------------
+
+HOSTILE = {"RoleArn": 'role "quoted" \\ back\\slash',
+           "ArtifactBucket": "line\nbreak\ttab {{ RoleArn }} ${Sub} }}{{",
+           "CodeLocation": "s3://b/ünïcödé/\u2028",
+           "ProcessingImageUri": '{"not": "an object"}',
+           "DeepARImageUri": "\\u0041 stays six characters",
+           "KmsKeyId": ""}
+
+
+@pytest.mark.parametrize("name", TEMPLATE_FILES.values())
+def test_fill_round_trip_with_hostile_values(name):
+    template = json.loads((TEMPLATES / name).read_text())
+    filled = json.loads(json.dumps(fill_definition(template, HOSTILE)))  # still valid JSON
+    keys = json.loads((TEMPLATES / KEYS_FILE).read_text())
+    for key, entry in keys.items():
+        for pointer in entry["used_in"].get(name, []):
+            expected = resolve(template, pointer)
+            for k, v in HOSTILE.items():  # what a literal, single-pass substitution gives
+                expected = expected.replace("{{ " + k + " }}", "\0" + k + "\0")
+            for k, v in HOSTILE.items():
+                expected = expected.replace("\0" + k + "\0", v)
+            assert resolve(filled, pointer) == expected
+    assert "{{ RoleArn }}" in json.dumps(filled)  # the one inside a value, inserted literally
+
+
+def test_fill_then_validate_on_example_values(tmp_path):
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps(example_values()))
+    for name in TEMPLATE_FILES.values():
+        out = tmp_path / f"filled-{name}"
+        result = subprocess.run([sys.executable, "-m", "mlops.render", "fill", TEMPLATES / name, "--values", values, "-o", out],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "{{" not in out.read_text() and TEMPLATE_KEYS["RoleArn"].example in out.read_text()
+        result = subprocess.run([sys.executable, "-m", "mlops.render", "validate", out], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_fill_lists_every_missing_key_and_rejects_unknown_ones(tmp_path):
+    template = TEMPLATES / TEMPLATE_FILES["DeepARTraining"]
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({"RoleArn": TEMPLATE_KEYS["RoleArn"].example}))
+    with pytest.raises(FillError, match="missing values for keys: ArtifactBucket, CodeLocation, DeepARImageUri, KmsKeyId, ProcessingImageUri"):
+        fill(template, values)
+    values.write_text(json.dumps({**example_values(), "KmsKeyID": "x"}))
+    result = subprocess.run([sys.executable, "-m", "mlops.render", "fill", template, "--values", values, "-o", tmp_path / "out.json"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "KmsKeyID (did you mean KmsKeyId?)" in result.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_known_keys_a_template_does_not_use_are_fine(tmp_path):
+    (tmp_path / "one.pipeline.json").write_text(json.dumps({"Version": "2020-12-01", "Steps": [
+        {"Name": "Stop", "Type": "Fail", "Arguments": {"ErrorMessage": "{{ RoleArn }}"}}]}))
+    (tmp_path / KEYS_FILE).write_text((TEMPLATES / KEYS_FILE).read_text())
+    (tmp_path / "values.json").write_text(json.dumps(example_values()))
+    assert TEMPLATE_KEYS["RoleArn"].example in fill(tmp_path / "one.pipeline.json", tmp_path / "values.json")
+
+
+def test_fill_validates_before_writing(tmp_path):
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({**example_values(), "RoleArn": "arn:aws:iam::not-an-account:role/x"}))
+    out = tmp_path / "filled.json"
+    with pytest.raises(DefinitionInvalid, match="does not match the pattern of RoleArn"):
+        fill(TEMPLATES / TEMPLATE_FILES["DeepARBatchInference"], values, out)
+    assert not out.exists()
+
+
+# --- CloudFormation ---------------------------------------------------------------------------------------
+
+class CfnLoader(yaml.SafeLoader):
+    pass
+
+
+CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: {"!" + suffix: loader.construct_scalar(node)})
+
+
+def test_cloudformation_passes_cfn_lint():
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(TEMPLATES / CLOUDFORMATION_FILE)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cloudformation_substitutes_to_the_filled_definitions():
+    stack = yaml.load((TEMPLATES / CLOUDFORMATION_FILE).read_text(), Loader=CfnLoader)
+    assert set(stack["Parameters"]) == set(TEMPLATE_KEYS)
+    values = example_values()
+    for name, file in TEMPLATE_FILES.items():
+        properties = stack["Resources"][f"{name}Pipeline"]["Properties"]
+        assert stack["Resources"][f"{name}Pipeline"]["Type"] == "AWS::SageMaker::Pipeline"
+        body = properties["PipelineDefinition"]["PipelineDefinitionBody"]["!Sub"]
+        substituted = re.sub(r"\$\{(\w+)\}", lambda m: json.dumps(values[m.group(1)])[1:-1], body).replace("${!", "${")
+        expected = fill_definition(json.loads((TEMPLATES / file).read_text()), values)
+        assert json.loads(substituted) == expected
+
+
+# --- validate: every rule has a failing example ------------------------------------------------------------
+
+def training() -> dict:
+    return json.loads((TEMPLATES / TEMPLATE_FILES["DeepARTraining"]).read_text())
+
+
+def steps(definition):
+    return {s["Name"]: s for s in definition["Steps"] + definition["Steps"][2]["Arguments"]["IfSteps"]
+            + definition["Steps"][2]["Arguments"]["ElseSteps"]}
+
+
+def broken(change) -> list:
+    definition = training()
+    change(definition, steps(definition))
+    return validate_definition(definition)
+
+
+def params(definition, name):
+    return next(p for p in definition["Parameters"] if p["Name"] == name)
+
+
+RULES = {
+    # schema
+    "unknown top-level field": (lambda d, s: d.update(Extra=1), None, "", "schema", "Extra"),
+    "unknown step type": (lambda d, s: s["TrainDeepAR"].update(Type="Trainning"), "TrainDeepAR", "/Steps/1/Type", "schema", "unknown step type"),
+    "bad step name": (lambda d, s: s["QualityTooLow"].update(Name="Quality too low!"), "Quality too low!", "/Steps/2/Arguments/ElseSteps/0/Name", "schema", "does not match"),
+    "bad retry policy": (lambda d, s: s["TrainDeepAR"]["RetryPolicies"][0].update(ExceptionType=["Step.OOPS"]), "TrainDeepAR",
+                         "/Steps/1/RetryPolicies/0/ExceptionType", "schema", "Step.OOPS"),
+    "parameter default of the wrong type": (lambda d, s: params(d, "TestWindows").update(DefaultValue="one"), None,
+                                            "/Parameters/21", "schema", ""),
+    # SageMaker API (botocore)
+    "wrong type": (lambda d, s: s["FeatureEngineering"]["Arguments"]["ProcessingResources"]["ClusterConfig"].update(VolumeSizeInGB="30"),
+                   "FeatureEngineering", "/Steps/0/Arguments/ProcessingResources/ClusterConfig/VolumeSizeInGB", "api", "expected an integer"),
+    "unknown member": (lambda d, s: s["TrainDeepAR"]["Arguments"]["ResourceConfig"].update(InstanceTyp="ml.m5.xlarge"),
+                       "TrainDeepAR", "/Steps/1/Arguments/ResourceConfig/InstanceTyp", "api", "did you mean InstanceType"),
+    "missing required member": (lambda d, s: s["TrainDeepAR"]["Arguments"]["OutputDataConfig"].pop("S3OutputPath") and None, "TrainDeepAR",
+                                "/Steps/1/Arguments/OutputDataConfig/S3OutputPath", "api", "required member"),
+    "not an allowed value": (lambda d, s: s["TrainDeepAR"]["Arguments"]["InputDataConfig"][0].update(InputMode="Stream"),
+                             "TrainDeepAR", "/Steps/1/Arguments/InputDataConfig/0/InputMode", "api", "is not one of"),
+    "out of range": (lambda d, s: s["TrainDeepAR"]["Arguments"]["StoppingCondition"].update(MaxRuntimeInSeconds=0),
+                     "TrainDeepAR", "/Steps/1/Arguments/StoppingCondition/MaxRuntimeInSeconds", "api", "below the minimum"),
+    "pattern": (lambda d, s: s["CreateModel"]["Arguments"].update(ExecutionRoleArn="role/x-y-z-but-not-an-arn"), "CreateModel",
+                "/Steps/2/Arguments/IfSteps/1/Arguments/ExecutionRoleArn", "api", "does not match the pattern"),
+    "too long": (lambda d, s: s["TrainDeepAR"]["Arguments"]["HyperParameters"].update(x="y" * 3000), "TrainDeepAR",
+                 "/Steps/1/Arguments/HyperParameters/x", "api", "longer than"),
+    # semantics
+    "duplicate step name": (lambda d, s: s["CreateModel"].update(Name="RegisterModel"), "RegisterModel",
+                            "/Steps/2/Arguments/IfSteps/1/Name", "semantic", "used twice"),
+    "Get of an unknown step": (lambda d, s: s["TrainDeepAR"]["Arguments"]["InputDataConfig"][0]["DataSource"]["S3DataSource"].update(
+        S3Uri={"Get": "Steps.FeatureEngineerin.ProcessingOutputConfig.Outputs['train'].S3Output.S3Uri"}), "TrainDeepAR",
+        "/Steps/1/Arguments/InputDataConfig/0/DataSource/S3DataSource/S3Uri/Get", "semantic", "'FeatureEngineerin', which does not exist"),
+    "DependsOn an unknown step": (lambda d, s: s["TrainDeepAR"].update(DependsOn=["Nowhere"]), "TrainDeepAR",
+                                  "/Steps/1/DependsOn/0", "semantic", "'Nowhere', which does not exist"),
+    "cycle": (lambda d, s: s["FeatureEngineering"].update(DependsOn=["CheckQuality"]), None, "", "semantic", "cycle"),
+    "Get of an undeclared parameter": (lambda d, s: s["TrainDeepAR"]["Arguments"]["ResourceConfig"].update(
+        InstanceType={"Get": "Parameters.TrainingInstanceTyp"}), "TrainDeepAR",
+        "/Steps/1/Arguments/ResourceConfig/InstanceType/Get", "semantic", "not declared"),
+    "unknown execution variable": (lambda d, s: s["FeatureEngineering"]["Arguments"]["AppSpecification"]["ContainerArguments"].append(
+        {"Get": "Execution.PipelineExecutionID"}), "FeatureEngineering",
+        "/Steps/0/Arguments/AppSpecification/ContainerArguments/", "semantic", "unknown execution variable"),
+    # DeepAR
+    "DeepAR hyperparameter default": (lambda d, s: params(d, "Likelihood").update(DefaultValue="gauss"), "TrainDeepAR",
+                                      "/Steps/1/Arguments/HyperParameters/likelihood (default of parameter Likelihood, /Parameters/11/DefaultValue)",
+                                      "deepar", "must be one of"),
+    "DeepAR literal hyperparameter": (lambda d, s: s["TrainDeepAR"]["Arguments"]["HyperParameters"].update(epochs="0"), "TrainDeepAR",
+                                      "/Steps/1/Arguments/HyperParameters/epochs", "deepar", "positive integer"),
+}
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_validator_rule_has_a_failing_example(rule):
+    change, step, pointer, check, words = RULES[rule]
+    errors = broken(change)
+    matching = [e for e in errors if e.check == check and words in e.message and e.pointer.startswith(pointer)]
+    assert matching, f"{rule}: expected a {check} error at {pointer} mentioning {words!r}; got {[str(e) for e in errors]}"
+    if step is not None:
+        assert matching[0].step == step and str(matching[0]).startswith(f"step {step} at {pointer}")
+
+
+def test_the_rules_examples_really_break_only_what_they_say():
+    assert validate_definition(training()) == []
+
+
+def test_validate_reports_invalid_json_with_line_and_column(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"Steps": [\n  {"Name": "A",}\n]}')
+    result = subprocess.run([sys.executable, "-m", "mlops.render", "validate", bad], capture_output=True, text=True)
+    assert result.returncode == 1 and "line 2" in result.stderr
+
+
+def test_each_overlay_entry_cites_a_real_api_shape():
+    model = sagemaker_service_model()
+    for entry in SCHEMA_OVERLAY:
+        shape, _, member = entry.cites.partition(".")
+        assert shape in model.shape_names, entry.cites
+        assert not member or member in model.shape_for(shape).members, entry.cites
+
+
+def test_the_published_schema_alone_rejects_what_the_sdk_emits(monkeypatch):
+    "Why there is an overlay: without it, our SDK-built templates fail the published schema."
+    import mlops.render as render_module
+    render_module.definition_schema.cache_clear()
+    monkeypatch.setattr(render_module, "SCHEMA_OVERLAY", [])
+    try:
+        assert [e for e in render_module.schema_errors(training()) if e.check == "schema"]
+    finally:
+        render_module.definition_schema.cache_clear()
+
+
+# --- render --check and dag ---------------------------------------------------------------------------------
+
+def test_check_passes_on_the_committed_templates_in_under_a_second_path(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mlops.render", "render", "--check", "--out", TEMPLATES],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_detects_a_changed_default_in_the_templates(tmp_path):
+    out = tmp_path / "templates"
+    out.mkdir()
+    for name in ARTIFACTS:
+        (out / name).write_text((TEMPLATES / name).read_text())
+    name = TEMPLATE_FILES["DeepARTraining"]
+    (out / name).write_text((out / name).read_text().replace('"DefaultValue": "100"', '"DefaultValue": "99"', 1))
+    result, attempts = guarded_mlops_render(tmp_path, "render", "--check", "--out", out)
+    assert result.returncode == 1 and attempts == []
+    assert f"-      \"DefaultValue\": \"99\"" in result.stdout and "+      \"DefaultValue\": \"100\"" in result.stdout
+    assert "out of date" in result.stdout
+
+
+def test_check_detects_a_changed_default_in_the_code(tmp_path):
+    script = ("import sys, mlops.config as c; c.DEEPAR_HYPERPARAMETERS['epochs'] = '7'; from mlops.render import render; "
+              f"sys.exit(render({str(TEMPLATES)!r}, check=True, use_fingerprint=False))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=bare_environment(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert '+      "DefaultValue": "7",' in result.stdout
+
+
+def test_dag_draws_both_pipelines_from_the_templates():
+    result = subprocess.run([sys.executable, "-m", "mlops.render", "dag", "--templates", TEMPLATES], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "CheckQuality -->|false| QualityTooLow" in result.stdout and "BatchTransform --> ForecastReport" in result.stdout
+    one = subprocess.run([sys.executable, "-m", "mlops.render", "dag", "--pipeline", "deepar-inference", "--templates", TEMPLATES],
+                         capture_output=True, text=True)
+    assert "title: DeepARBatchInference" in one.stdout and "DeepARTraining" not in one.stdout
+    unknown = subprocess.run([sys.executable, "-m", "mlops.render", "dag", "--pipeline", "nope", "--templates", TEMPLATES],
+                             capture_output=True, text=True)
+    assert unknown.returncode == 1 and "choose one of" in unknown.stderr
