@@ -41,7 +41,17 @@ def feature_engineering_small(tmp_path: Path):
     return data
 
 
-SMALL_RUNS = {"feature_engineering": feature_engineering_small}
+def forecast_report_small(tmp_path: Path):
+    "The report on its built-in example transform output (the pipeline tests chain it after a real transform)."
+    result = run_step("forecast_report", tmp_path / "report" / "forecast_report.ipynb", output_dir=tmp_path / "report",
+                      execution_id="exec-2")
+    assert result.returncode == 0, result.stderr
+    forecasts = (tmp_path / "report" / "forecasts.csv").read_text().splitlines()
+    assert forecasts[0].startswith("execution_id,item_id") and len(forecasts) > 1
+    assert all(line.startswith("exec-2,") for line in forecasts[1:])
+
+
+SMALL_RUNS = {"feature_engineering": feature_engineering_small, "forecast_report": forecast_report_small}
 
 
 @pytest.mark.parametrize("notebook", STEP_NOTEBOOKS)
