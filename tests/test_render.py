@@ -264,7 +264,7 @@ RULES = {
     "bad retry policy": (lambda d, s: s["TrainDeepAR"]["RetryPolicies"][0].update(ExceptionType=["Step.OOPS"]), "TrainDeepAR",
                          "/Steps/1/RetryPolicies/0/ExceptionType", "schema", "Step.OOPS"),
     "parameter default of the wrong type": (lambda d, s: params(d, "TestWindows").update(DefaultValue="one"), None,
-                                            "/Parameters/21", "schema", ""),
+                                            "/Parameters/20/DefaultValue", "schema", "is not of type 'integer'"),
     # SageMaker API (botocore)
     "wrong type": (lambda d, s: s["FeatureEngineering"]["Arguments"]["ProcessingResources"]["ClusterConfig"].update(VolumeSizeInGB="30"),
                    "FeatureEngineering", "/Steps/0/Arguments/ProcessingResources/ClusterConfig/VolumeSizeInGB", "api", "expected an integer"),
