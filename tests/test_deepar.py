@@ -524,10 +524,13 @@ def test_a_fresh_process_loads_the_artifact_and_answers_alike(trained, tmp_path)
 def test_module_entry_points_train_and_transform(tmp_path):
     train_dir, test_dir = write_channels(tmp_path / "channels")
     (tmp_path / "hyperparameters.json").write_text(json.dumps({**TINY, "epochs": "5"}))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     result = run_module("train", "--train", train_dir, "--test", test_dir, "--model-dir", tmp_path / "model",
                         "--output-dir", tmp_path / "output", "--hyperparameters", tmp_path / "hyperparameters.json",
-                        "-p", "epochs", "2", cwd=tmp_path)
+                        "-p", "epochs", "2", cwd=cwd)
     assert result.returncode == 0, result.stderr
+    assert list(cwd.iterdir()) == []  # a fresh process (imports included) writes nothing to its working folder
     out = result.stdout
     assert "epoch 1/2: train loss" in out and "epoch 2/2: train loss" in out
     assert "test:mean_wQuantileLoss = " in out and "train:final_loss = " in out and " s" in out.splitlines()[-1]
