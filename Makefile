@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.py settings.ini constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: install run test check-export check-clean nbdev-test pytest regression regression-update constraints
+.PHONY: install run test check-export check-clean render-check nbdev-test pytest regression regression-update constraints
 
 $(STAMP):
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -20,7 +20,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/mlops features
 
-test: $(STAMP) check-export check-clean nbdev-test pytest regression
+test: $(STAMP) check-export check-clean render-check nbdev-test pytest regression
 	@echo "all checks passed"
 
 # the package and the notebooks must already agree: exporting and cleaning change nothing
@@ -29,6 +29,10 @@ check-export: $(STAMP)
 
 check-clean: $(STAMP)
 	$(PY) tools/unchanged.py $(BIN)/nbdev_clean
+
+# templates/ must be what the pipeline code renders (exit 1 with a diff otherwise)
+render-check: $(STAMP)
+	$(BIN)/mlops render --check
 
 nbdev-test: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2
