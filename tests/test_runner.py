@@ -1,0 +1,169 @@
+"""`mlops run` end to end on tiny demo data: training, inference, the quality gate, cache, resume, selective runs."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MLOPS, run_mlops
+from mlops.data import demo_data
+from mlops.runner import Execution, Records
+
+TINY = ["-p", "Epochs=1", "-p", "NumCells=8", "-p", "NumLayers=1", "-p", "MiniBatchSize=32", "-p", "NumEvalSamples=20",
+        "-p", "PredictionLength=7", "-p", "ContextLength=14", "-p", "QualityThreshold=10"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    "A private MLOPS_HOME, tiny data (6 items × 120 days, and 7 future days for inference)."
+    root = tmp_path_factory.mktemp("runner")
+    demo_data(n_items=6, periods=120).to_csv(root / "train.csv", index=False)
+    demo_data(n_items=6, periods=120, future_periods=7).to_csv(root / "future.csv", index=False)
+    return {"root": root, "env": {"MLOPS_HOME": str(root / "home")}}
+
+
+def mlops(workspace, *args):
+    return run_mlops(*args, cwd=workspace["root"], env=workspace["env"])
+
+
+def latest(workspace) -> Execution:
+    home = Path(workspace["env"]["MLOPS_HOME"])
+    return Execution.load(Records(home / "runs.db").executions(1)[0]["id"], home)
+
+
+@pytest.fixture(scope="module")
+def trained(workspace) -> Execution:
+    result = mlops(workspace, "run", "--data", workspace["root"] / "train.csv", *TINY)
+    assert result.returncode == 0, result.stdout + result.stderr
+    execution = latest(workspace)
+    assert "quality gate CheckQuality: passed" in result.stdout
+    assert "registered model: arn:aws:sagemaker:local:000000000000:model-package/deepar-forecast/1" in " ".join(result.stdout.split())
+    return execution
+
+
+def test_training_pipeline_end_to_end(trained: Execution):
+    assert trained.status == "Succeeded"
+    assert [s.name for s in trained.steps] == ["FeatureEngineering", "TrainDeepAR", "CheckQuality", "RegisterModel", "CreateModel"]
+    assert {"train:final_loss", "test:RMSE", "test:mean_wQuantileLoss"} <= set(trained.metrics)
+    register = trained.step("RegisterModel").properties
+    assert register["ModelApprovalStatus"] == "PendingManualApproval"
+    model_uri = trained.outputs["TrainDeepAR"]["model"]
+    assert model_uri.endswith("/output/model.tar.gz")
+    assert (trained.home / "store" / model_uri[len("s3://"):]).is_file()
+    assert [p.name for p in trained.notebooks] == ["feature_engineering.ipynb"]
+
+
+def test_inference_pipeline_on_the_trained_model(workspace, trained: Execution):
+    model = trained.outputs["CreateModel"]["model_name"]
+    result = mlops(workspace, "run", "--pipeline", "inference", "--data", workspace["root"] / "future.csv", "-p", f"ModelName={model}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    execution = latest(workspace)
+    assert [s.name for s in execution.steps] == ["PrepareInference", "BatchTransform", "ForecastReport"]
+    forecasts = (execution.home / "store" / execution.outputs["ForecastReport"]["forecasts"][len("s3://"):] / "forecasts.csv")
+    lines = forecasts.read_text().splitlines()
+    assert len(lines) == 1 + 6 * 7  # header + 6 items × 7 days
+    assert lines[1].startswith(f"{execution.id},item_001,0,2022-05-01")
+
+
+def test_inference_refuses_a_group_without_an_approved_version(workspace, trained):
+    result = mlops(workspace, "run", "--pipeline", "inference", "--data", workspace["root"] / "future.csv")
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert "model package group 'deepar-forecast' has no Approved version" in message
+    assert "mlops models approve deepar-forecast" in message
+
+
+def test_quality_gate_fails_the_run_with_its_message(workspace, trained):
+    args = [a if a != "QualityThreshold=10" else "QualityThreshold=0.0001" for a in TINY]
+    result = mlops(workspace, "run", "--data", workspace["root"] / "train.csv", *args)
+    assert result.returncode == 1
+    execution = latest(workspace)
+    assert execution.status == "Failed"
+    assert "is above the quality threshold 0.0001" in execution.failure_reason
+    assert "is above the quality threshold" in " ".join(result.stderr.split())
+    assert "RegisterModel" not in [s.name for s in execution.steps]
+    # only the threshold changed: the processing and training steps came from the cache
+    assert execution.step("FeatureEngineering").cached_from == trained.id
+    assert execution.step("TrainDeepAR").cached_from == trained.id
+
+
+def test_rerun_hits_the_cache(workspace, trained):
+    result = mlops(workspace, "run", "--data", workspace["root"] / "train.csv", *TINY)
+    assert result.returncode == 0, result.stderr
+    execution = latest(workspace)
+    for step in ["FeatureEngineering", "TrainDeepAR"]:
+        assert execution.step(step).cached_from == trained.id
+        assert not (execution.folder / step / "log.txt").exists()  # it did not execute
+    assert "from " + trained.id in result.stdout
+
+
+def test_selective_run_executes_only_the_named_step(workspace, trained):
+    result = mlops(workspace, "run", "--data", workspace["root"] / "train.csv", *TINY, "--no-cache",
+                   "--steps", "FeatureEngineering", "--reference", trained.id)
+    assert result.returncode == 0, result.stderr
+    execution = latest(workspace)
+    executed = sorted(p.parent.name for p in execution.folder.glob("*/log.txt"))
+    assert executed == ["FeatureEngineering"]
+    assert execution.step("TrainDeepAR").cached_from == trained.id  # taken from the reference
+
+
+def test_sigkill_during_training_then_resume(workspace, trained):
+    home = Path(workspace["env"]["MLOPS_HOME"])
+    process = subprocess.Popen([*MLOPS, "run", "--data", str(workspace["root"] / "train.csv"), *TINY, "--no-cache"],
+                               cwd=workspace["root"], env={**os.environ, **workspace["env"]},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    execution_id = None
+    while time.time() < deadline:
+        rows = Records(home / "runs.db").execute("SELECT execution_id FROM steps WHERE name='TrainDeepAR' AND status='Executing'")
+        if rows:
+            execution_id = rows[0][0]
+            break
+        time.sleep(0.2)
+    assert execution_id, "training never started"
+    time.sleep(2)
+    os.killpg(process.pid, signal.SIGKILL)  # the runner and its step processes, at once
+    process.wait()
+    assert Execution.load(execution_id, home).status == "Stopped"
+    result = mlops(workspace, "run", "--resume", execution_id)
+    assert result.returncode == 0, result.stdout + result.stderr
+    resumed = Execution.load(execution_id, home)
+    assert resumed.status == "Succeeded"
+    assert resumed.step("TrainDeepAR").status == "Succeeded"
+    status = mlops(workspace, "status", execution_id)
+    assert "Succeeded" in status.stdout
+
+
+def test_concurrent_runs_do_not_collide(workspace, trained):
+    processes = [subprocess.Popen([*MLOPS, "run", "--data", str(workspace["root"] / "train.csv"), *TINY, "--no-cache"],
+                                  cwd=workspace["root"], env={**os.environ, **workspace["env"], "COLUMNS": "200"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    arns = {line.split()[2] for out, _ in outputs for line in out.splitlines() if line.startswith("registered model:")}
+    assert len(arns) == 2  # two distinct model package versions
+
+
+def test_unsupported_step_is_refused_up_front(workspace, tmp_path):
+    definition = {"Version": "2020-12-01", "Parameters": [], "Steps": [
+        {"Name": "Spark", "Type": "EMR", "Arguments": {}},
+        {"Name": "Fine", "Type": "Fail", "Arguments": {"ErrorMessage": "x"}}]}
+    path = tmp_path / "emr.json"
+    path.write_text(json.dumps(definition))
+    result = mlops(workspace, "run", "--definition", path)
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert "step 'Spark' (EMR) is not supported locally" in message
+    assert "Supported steps: Processing with the mlops processing image" in message
+
+
+def test_logs_and_runs(workspace, trained):
+    logs = mlops(workspace, "logs", trained.id, "TrainDeepAR")
+    assert logs.returncode == 0 and "test:mean_wQuantileLoss" in logs.stdout
+    runs = mlops(workspace, "runs")
+    assert trained.id in runs.stdout
+    missing = mlops(workspace, "logs", trained.id, "NoSuchStep")
+    assert missing.returncode == 2 and "TrainDeepAR" in missing.stderr
