@@ -18,7 +18,7 @@ $(STAMP):
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/mlops features
+	$(BIN)/mlops run
 
 test: $(STAMP) check-export check-clean render-check nbdev-test pytest regression
 	@echo "all checks passed"
