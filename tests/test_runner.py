@@ -167,3 +167,36 @@ def test_logs_and_runs(workspace, trained):
     assert trained.id in runs.stdout
     missing = mlops(workspace, "logs", trained.id, "NoSuchStep")
     assert missing.returncode == 2 and "TrainDeepAR" in missing.stderr
+
+
+def test_retry_policy_retries_a_retryable_failure(tmp_path):
+    "A step whose process is killed (SageMaker.JOB_INTERNAL_ERROR) is retried as its RetryPolicies say; a code error is not."
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+    from mlops.runner import MLOPS_ENTRYPOINT, LocalStore, run_definition
+    cells = [new_code_cell("marker = ''\nfail_with_error = False"),
+             new_code_cell("import os, pathlib, signal\n"
+                           "assert not fail_with_error, 'a bug in the step'\n"
+                           "if not pathlib.Path(marker).exists():\n"
+                           "    pathlib.Path(marker).write_text('attempt 1')\n"
+                           "    os.kill(os.getppid(), signal.SIGKILL)  # the job's process dies: a host failure")]
+    cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "python3"}}),
+                   tmp_path / "flaky.ipynb")
+    LocalStore(tmp_path / "home" / "store").upload(tmp_path / "flaky.ipynb", "s3://bucket/code/flaky.ipynb")
+    def definition(fail_with_error: bool) -> dict:
+        return {"Version": "2020-12-01", "Parameters": [], "Steps": [{
+            "Name": "Flaky", "Type": "Processing",
+            "RetryPolicies": [{"ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR"], "IntervalSeconds": 1, "BackoffRate": 1.0, "MaxAttempts": 3}],
+            "Arguments": {"AppSpecification": {"ImageUri": "mlops-processing:local", "ContainerEntrypoint": MLOPS_ENTRYPOINT,
+                                               "ContainerArguments": ["/opt/ml/processing/input/code/flaky.ipynb", "--output-notebook",
+                                                                      "/opt/ml/processing/report.ipynb", "-p", "marker", str(tmp_path / "marker"),
+                                                                      "-p", "fail_with_error", str(fail_with_error)]},
+                          "ProcessingInputs": [{"InputName": "code", "S3Input": {"S3Uri": "s3://bucket/code/flaky.ipynb",
+                                                                                 "LocalPath": "/opt/ml/processing/input/code"}}]}}]}
+    execution = run_definition(definition(False), pipeline="Flaky", home=tmp_path / "home")
+    assert execution.status == "Succeeded"
+    assert execution.step("Flaky").attempt == 2
+    broken = run_definition(definition(True), pipeline="Flaky", home=tmp_path / "home")
+    assert broken.status == "Failed" and broken.step("Flaky").attempt == 1
+    assert "AssertionError: a bug in the step" in broken.failure_reason
