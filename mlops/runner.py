@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import mlops_home
+from .tracking import ExecutionTracker, ModelNotFound, TrackingError, resolve_model_package
 
 # %% auto #0
 __all__ = ['EXECUTION_VARIABLES', 'EXPRESSIONS', 'CONDITIONS', 'executors', 'CONTAINER_ROOT', 'MLOPS_ENTRYPOINT',
@@ -31,10 +32,10 @@ __all__ = ['EXECUTION_VARIABLES', 'EXPRESSIONS', 'CONDITIONS', 'executors', 'CON
            'StepError', 'ExecutionFailed', 'LocalStore', 'content_digest', 'parse_property_path', 'Context', 'evaluate',
            'evaluate_condition', 'StepSpec', 'flatten_steps', 'StepRun', 'Executor', 'ExecutorRegistry',
            'run_subprocess', 'run_processing', 'is_deepar_image', 'run_training', 'run_create_model',
-           'run_register_model', 'run_transform', 'run_condition', 'run_fail', 'check_runnable', 'Records',
-           'duration_seconds', 'code_digest', 'cache_key', 'StepResult', 'ExecutionState', 'resolve_parameters',
-           'run_definition', 'Execution', 'local_values', 'local_definition', 'stage_local_inputs',
-           'latest_feature_state', 'run']
+           'run_register_model', 'resolve_model', 'run_transform', 'run_condition', 'run_fail', 'check_runnable',
+           'Records', 'duration_seconds', 'code_digest', 'cache_key', 'StepResult', 'ExecutionState',
+           'resolve_parameters', 'run_definition', 'Execution', 'local_values', 'local_definition',
+           'stage_local_inputs', 'model_feature_state', 'latest_feature_state', 'run']
 
 # %% ../nbs/07_runner.ipynb #5f9ce4cc
 class DefinitionNotRunnable(ValueError):
@@ -373,7 +374,7 @@ def _model_container(args: dict) -> dict:
 def run_create_model(run: StepRun) -> dict:
     container = _model_container(run.arguments)
     name = run.execution.job_name(run.spec.name)
-    run.execution.records.save_model(name, container["Image"], container["ModelDataUrl"], run.execution.id)
+    if not container.get("ModelDataUrl"): raise StepError(f"{run.spec.name}: the model has no ModelDataUrl.")
     return {**run.arguments, "ModelName": name}
 
 def run_register_model(run: StepRun) -> dict:
@@ -381,10 +382,13 @@ def run_register_model(run: StepRun) -> dict:
     container = args["InferenceSpecification"]["Containers"][0]
     metrics = next((s.get("FinalMetricDataList", []) for s in run.execution.context.steps.values()
                     if s.get("ModelArtifacts", {}).get("S3ModelArtifacts") == container["ModelDataUrl"]), [])
-    package = run.execution.records.register_model_package(
-        group=args["ModelPackageGroupName"], image=container["Image"], model_data_url=container["ModelDataUrl"],
-        approval_status=args.get("ModelApprovalStatus", "PendingManualApproval"), metrics=metrics,
-        metadata=args.get("CustomerMetadataProperties", {}), execution_id=run.execution.id)
+    if run.execution.tracker is None: raise StepError(f"{run.spec.name}: registering a model needs MLflow tracking (track=True).")
+    try:
+        package = run.execution.tracker.register(args["ModelPackageGroupName"], container["Image"], container["ModelDataUrl"],
+                                                 args.get("ModelApprovalStatus", "PendingManualApproval"), metrics,
+                                                 args.get("CustomerMetadataProperties", {}))
+    except TrackingError as e:
+        raise StepError(f"{run.spec.name}: {e}") from e
     return {**args, **package}
 
 executors.register(Executor("Model (CreateModel) with the forecasting-deepar image", "Model",
@@ -394,9 +398,19 @@ executors.register(Executor("RegisterModel with the forecasting-deepar image", "
                             run_register_model))
 
 # %% ../nbs/07_runner.ipynb #2e4111a6
+def resolve_model(name: str, records: "Records", home: Path) -> dict:
+    "image and model_data_url (and arn) of a model name (a CreateModel step's), a model package ARN or group (latest Approved)."
+    if model := records.model(name): return model
+    try:
+        return resolve_model_package(name, home)
+    except ModelNotFound as e:
+        raise StepError(str(e)) from None
+    except TrackingError as e:
+        raise StepError(str(e)) from None
+
 def run_transform(run: StepRun) -> dict:
     args, folder = run.arguments, run.folder
-    model = run.execution.records.resolve_model(args["ModelName"])
+    model = resolve_model(args["ModelName"], run.execution.records, run.execution.home)
     if not is_deepar_image(model["image"]):
         raise StepError(f"{run.spec.name}: model {args['ModelName']!r} uses image {model['image']}; only DeepAR models run locally.")
     run.store.download(model["model_data_url"], folder / "model")
@@ -406,7 +420,7 @@ def run_transform(run: StepRun) -> dict:
     run_subprocess(command, run, {k: _as_text(v) for k, v in args.get("Environment", {}).items()})
     run.store.upload(folder / "output", args["TransformOutput"]["S3OutputPath"])
     return {**args, "TransformJobName": run.execution.job_name(run.spec.name), "TransformJobStatus": "Completed",
-            "ModelDataUrl": model["model_data_url"]}
+            "ModelDataUrl": model["model_data_url"], **({"ModelPackageArn": model["arn"]} if model.get("arn") else {})}
 
 executors.register(Executor("Transform with a DeepAR model (local batch transform)", "Transform", lambda a: True, run_transform))
 
@@ -481,13 +495,11 @@ CREATE TABLE IF NOT EXISTS steps (execution_id TEXT, name TEXT, type TEXT, statu
     attempt INTEGER, failure_reason TEXT, properties TEXT, cache_key TEXT, cached_from TEXT,
     PRIMARY KEY (execution_id, name));
 CREATE INDEX IF NOT EXISTS steps_by_cache_key ON steps (cache_key, status, ended);
-CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, image TEXT, model_data_url TEXT, execution_id TEXT, created REAL);
-CREATE TABLE IF NOT EXISTS model_packages (arn TEXT PRIMARY KEY, group_name TEXT, version INTEGER, image TEXT,
-    model_data_url TEXT, approval_status TEXT, metrics TEXT, metadata TEXT, execution_id TEXT, created REAL);
+CREATE TABLE IF NOT EXISTS mlflow_runs (execution_id TEXT PRIMARY KEY, run_id TEXT, tracking_uri TEXT);
 """
 
 class Records:
-    "Executions, step executions and the local model registry in one sqlite file."
+    "Executions, step executions and their MLflow run ids in one sqlite file."
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -541,40 +553,21 @@ class Records:
             return row
         return None
 
-    # the local model registry (the Lineage issue moves it into MLflow)
-    def save_model(self, name, image, model_data_url, execution_id):
-        self.execute("INSERT OR REPLACE INTO models VALUES (?,?,?,?,?)", name, image, model_data_url, execution_id, time.time())
+    def model(self, name: str) -> dict | None:
+        "The image and ModelDataUrl of the model that a CreateModel (Model) step named `name`."
+        rows = self.execute("SELECT properties FROM steps WHERE type='Model' AND status='Succeeded' AND "
+                            "json_extract(properties, '$.ModelName')=? LIMIT 1", name)
+        if not rows: return None
+        properties = json.loads(rows[0]["properties"])
+        container = properties.get("PrimaryContainer") or (properties.get("Containers") or [{}])[0]
+        return {"image": container.get("Image"), "model_data_url": container.get("ModelDataUrl")}
 
-    def register_model_package(self, group, image, model_data_url, approval_status, metrics, metadata, execution_id) -> dict:
-        with self._lock, self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM model_packages WHERE group_name=?", (group,)).fetchone()[0]
-            arn = f"arn:aws:sagemaker:local:000000000000:model-package/{group}/{version}"
-            db.execute("INSERT INTO model_packages VALUES (?,?,?,?,?,?,?,?,?,?)", (arn, group, version, image, model_data_url,
-                       approval_status, json.dumps(metrics), json.dumps(metadata), execution_id, time.time()))
-            db.execute("COMMIT")
-        return {"ModelPackageArn": arn, "ModelPackageName": f"{group}/{version}", "ModelPackageVersion": version,
-                "ModelApprovalStatus": approval_status}
+    def save_mlflow_run(self, execution_id: str, run_id: str, tracking_uri: str):
+        self.execute("INSERT OR REPLACE INTO mlflow_runs VALUES (?,?,?)", execution_id, run_id, tracking_uri)
 
-    def model_packages(self, group=None) -> list[dict]:
-        rows = self.execute("SELECT * FROM model_packages WHERE (? IS NULL OR group_name=?) ORDER BY group_name, version", group, group)
-        return [dict(r, metrics=json.loads(r["metrics"]), metadata=json.loads(r["metadata"])) for r in rows]
-
-    def resolve_model(self, name: str) -> dict:
-        "A model by model name, model package ARN, or model package group (its latest Approved version)."
-        if rows := self.execute("SELECT image, model_data_url FROM models WHERE name=?", name):
-            return dict(rows[0])
-        if rows := self.execute("SELECT image, model_data_url FROM model_packages WHERE arn=?", name):
-            return dict(rows[0])
-        if self.execute("SELECT 1 FROM model_packages WHERE group_name=?", name):
-            approved = self.execute("SELECT image, model_data_url FROM model_packages WHERE group_name=? AND "
-                                    "approval_status='Approved' ORDER BY version DESC LIMIT 1", name)
-            if not approved:
-                raise StepError(f"model package group {name!r} has no Approved version. Fix: approve one "
-                                f"(`mlops models approve {name} VERSION`), or pass -p ModelName=<model name or package ARN>.")
-            return dict(approved[0])
-        raise StepError(f"no model named {name!r} (neither a model, a model package ARN nor a model package group). "
-                        "Fix: run the training pipeline first, or pass -p ModelName=<model name>.")
+    def mlflow_run_id(self, execution_id: str) -> str | None:
+        rows = self.execute("SELECT run_id FROM mlflow_runs WHERE execution_id=?", execution_id)
+        return rows[0]["run_id"] if rows else None
 
 def _alive(pid) -> bool:
     if not pid: return False
@@ -644,6 +637,7 @@ class ExecutionState:
         self.context.property_files = {s["Name"]: {p["PropertyFileName"]: p for p in s.get("PropertyFiles", [])}
                                        for s in _all_raw_steps(definition)}
         self._processes, self._lock = set(), threading.Lock()
+        self.tracker: ExecutionTracker | None = None  # the execution's MLflow run (None: tracking off)
 
     def job_name(self, step: str) -> str:
         return f"{self.pipeline}-{self.id}-{step}"[:63]
@@ -712,7 +706,7 @@ Event = dict  # {"event": "step", "step": StepResult} or {"event": "log", "step"
 def run_definition(definition: dict, parameters: dict | None = None, *, pipeline: str | None = None,
                    home: str | Path | None = None, max_parallel: int = 1, use_cache: bool = True,
                    resume: str | None = None, steps: list[str] | None = None, reference: str | None = None,
-                   on_event: Callable[[Event], None] | None = None) -> "Execution":
+                   on_event: Callable[[Event], None] | None = None, track: bool = True) -> "Execution":
     "Run a pipeline definition locally; return the finished `Execution` (raises nothing for a failed step: see its status)."
     home = (Path(home) if home else mlops_home()).resolve()  # steps run in their own folders
     records, store = Records(home / "runs.db"), LocalStore(home / "store")
@@ -738,12 +732,22 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
     state.folder.mkdir(parents=True, exist_ok=True)
     definition_text = json.dumps(definition, indent=1, sort_keys=True)
     (state.folder / "definition.json").write_text(definition_text)
-    records.start_execution(execution_id, pipeline, values, hashlib.sha256(definition_text.encode()).hexdigest(), reference)
+    definition_sha256 = hashlib.sha256(definition_text.encode()).hexdigest()
+    records.start_execution(execution_id, pipeline, values, definition_sha256, reference)
+    if track:  # MLflow opens on a background thread while the steps run
+        from mlops.tracking import tracking_uri
+        uri = tracking_uri(home)
+        state.tracker = ExecutionTracker(home, execution_id, pipeline, values, definition_sha256, store.path,
+                                         run_id=records.mlflow_run_id(execution_id) if resume else None,
+                                         on_run=lambda run_id: records.save_mlflow_run(execution_id, run_id, uri))
     results: dict[str, StepResult] = {}
 
     def emit(result: StepResult):
         results[result.name] = result
         on_event({"event": "step", "step": result})
+        if state.tracker and result.status in ("Succeeded", "Failed"):
+            state.tracker.step(result.name, result.type, result.status, result.started, result.ended, result.properties,
+                               result.cached_from, result.failure_reason)
 
     # steps whose outputs are taken as they are: succeeded earlier in this execution, or from the reference
     reused = {}
@@ -846,11 +850,17 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
         except KeyboardInterrupt:
             interrupted = True
             state.stop()
+            if state.tracker: state.tracker.abandon()
             raise
         finally:
             if interrupted:
                 records.end_execution(execution_id, "Stopped", "stopped by the user")
     status = "Failed" if failure is not None else "Succeeded"
+    if state.tracker:
+        try:
+            state.tracker.finish(status, failure)
+        except TrackingError as e:  # the steps' records stay as they are; the execution fails with the reason
+            status, failure = "Failed", failure or str(e)
     records.end_execution(execution_id, status, failure)
     return Execution.load(execution_id, home)
 
@@ -874,6 +884,7 @@ class Execution:
     failure_reason: str | None
     steps: list[StepResult]
     home: Path
+    mlflow_run_id: str | None = None  # the execution's MLflow run (its steps are nested runs)
 
     @classmethod
     def load(cls, id: str, home: str | Path | None = None) -> "Execution":
@@ -884,7 +895,7 @@ class Execution:
         steps = [StepResult(r["name"], r["type"], r["status"], r["started"], r["ended"], r["attempt"], r["failure_reason"],
                             r["properties"], r["cached_from"]) for r in records.steps(id)]
         return cls(row["id"], row["pipeline"], row["status"], row["started"], row["ended"], json.loads(row["parameters"]),
-                   row["failure_reason"], steps, home)
+                   row["failure_reason"], steps, home, records.mlflow_run_id(id))
 
     @property
     def folder(self) -> Path: return self.home / "runs" / self.id
@@ -987,8 +998,14 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
     if pipeline == "training":
         overrides = {**LOCAL_PARAMETERS["training"], **overrides}
     if pipeline == "inference" and "FeatureStateUri" not in overrides:
-        overrides["FeatureStateUri"] = latest_feature_state(home)
+        overrides["FeatureStateUri"] = model_feature_state(overrides.get("ModelName", "deepar-forecast"), home) or latest_feature_state(home)
     return overrides
+
+def model_feature_state(model_name: str, home: Path) -> str | None:
+    "The feature state that the model package version `model_name` (a group: its latest Approved version) was trained with."
+    if Records(home / "runs.db").model(model_name): return None  # a CreateModel name: no registry entry
+    try: return resolve_model_package(model_name, home)["tags"].get("metadata.feature_state_uri")
+    except (ModelNotFound, TrackingError): return None  # the Transform step reports it
 
 def latest_feature_state(home: Path) -> str:
     "The feature state URI of the latest successful training execution."
