@@ -1023,6 +1023,9 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         home: str | Path | None = None, **options) -> Execution:
     "Run the project's `pipeline` ('training' or 'inference') locally on `data` (default: the demo data)."
     home = Path(home) if home else mlops_home()
+    if options.get("track", True):
+        from mlops.tracking import preload
+        preload(home)  # MLflow takes seconds to import: start now, while the inputs are staged
     definition = local_definition(pipeline)
     if not options.get("resume"):
         parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
