@@ -17,7 +17,8 @@ from .config import FORECAST, mlops_home
 
 # %% auto #0
 __all__ = ['console', 'err_console', 'fail', 'main', 'demo_data_command', 'features', 'ProgressView', 'show_execution_summary',
-           'run', 'runs', 'status', 'logs', 'render', 'fill', 'validate', 'dag', 'deploy', 'start', 'watch']
+           'run', 'runs', 'status', 'logs', 'train_deepar', 'models', 'models_list', 'models_approve', 'models_reject',
+           'lineage', 'ui', 'render', 'fill', 'validate', 'dag', 'deploy', 'start', 'watch']
 
 # %% ../nbs/10_cli.ipynb #f718a7c5
 console = Console(highlight=False)
@@ -255,6 +256,115 @@ def logs(execution_id, step):
         fail(f"no log for step {step!r} of execution {execution_id!r}.", 2,
              fix=f"steps with a folder: {', '.join(steps)}" if steps else "pick an execution from `mlops runs`.")
     sys.stdout.write(path.read_text())
+
+# %% ../nbs/10_cli.ipynb #d36e5be8
+@main.command("train-deepar")
+@click.option("--output", "work_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="folder for the channels, model.tar.gz and metrics.json; default: .mlops/deepar")
+@click.option("--epochs", default=10, show_default=True, help="passes over the training series")
+@click.option("-p", "--hyperparameter", "hyperparameters", multiple=True, metavar="NAME=VALUE",
+              help="a DeepAR hyperparameter, SageMaker's name and value (repeatable)")
+@click.option("--seed", default=0, show_default=True, help="the same seed on the same machine gives the same model")
+def train_deepar(work_dir: Path | None, epochs: int, hyperparameters: tuple[str, ...], seed: int):
+    "Train the local DeepAR on the demo data's channels; print each epoch's loss, the metrics and where the model is."
+    from rich.markup import escape
+    from mlops.deepar import ChannelError, HyperparameterError, format_progress, train_demo
+    work_dir = work_dir or mlops_home() / "deepar"
+    given = _parse_parameters(hyperparameters)
+    try:
+        with console.status("writing the demo channels, loading GluonTS and PyTorch…"):
+            result = train_demo(work_dir, epochs, given, seed, progress=lambda p: console.print(format_progress(p), markup=False))
+    except (HyperparameterError, ChannelError) as e:
+        fail(escape(str(e)), 2)
+    table = Table(title="metrics (SageMaker's names)", show_header=False, title_justify="left")
+    for name, value in result["metrics"].items(): table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    console.print(f"model: {result['model']}", markup=False, soft_wrap=True)
+    console.print(f"metrics: {result['metrics_file']}", markup=False, soft_wrap=True)
+    console.print(f"wall time: {result['seconds']:.1f} s")
+
+# %% ../nbs/10_cli.ipynb #0fe91aa3
+@main.group()
+def models():
+    "The model registry (MLflow): list model versions, approve or reject them."
+
+def _registry_call(function, *args):
+    "Call a registry function; its errors become one message and exit code 2."
+    from rich.markup import escape
+    from mlops.tracking import ModelNotFound, TrackingError
+    try:
+        return function(*args)
+    except (ModelNotFound, TrackingError, ValueError) as e:
+        fail(escape(str(e)), 2)
+
+@models.command("list")
+@click.argument("group", required=False)
+def models_list(group: str | None):
+    "List registered model versions (of GROUP, or of every group) with approval status and metrics."
+    from mlops.tracking import model_versions
+    rows = _registry_call(model_versions, group)
+    if not rows:
+        console.print(f"no registered versions{f' of {group}' if group else ''}; a training run (`mlops run`) registers one.",
+                      markup=False)
+        return
+    shown = ("test_mean_wQuantileLoss", "test_RMSE")
+    table = Table("model package group", "version", "status", *shown, "execution", "registered", title_justify="left")
+    for r in rows:
+        table.add_row(r["group"], str(r["version"]), r["status"],
+                      *(f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in shown),
+                      r["execution_id"] or "", _time(r["created"]))
+    console.print(table)
+
+def _set_status(group: str, version: int, status: str):
+    from mlops.tracking import model_versions, resolve_model_package, set_approval
+    before = {r["version"]: r["status"] for r in _registry_call(model_versions, group)}
+    row = _registry_call(set_approval, group, version, status)
+    console.print(f"{group}/{version}: {before.get(version, '?')} → {row['status']}", markup=False)
+    try:
+        default = resolve_model_package(group)
+        console.print(f"the inference pipeline's default model: {group}/{default['version']}", markup=False)
+    except LookupError:
+        console.print(f"{group} has no Approved version: the inference pipeline needs one (or -p ModelName=...).", markup=False)
+
+@models.command("approve")
+@click.argument("group")
+@click.argument("version", type=int)
+def models_approve(group: str, version: int):
+    "Approve GROUP's VERSION: it becomes the inference pipeline's default model if it is the latest approved."
+    _set_status(group, version, "Approved")
+
+@models.command("reject")
+@click.argument("group")
+@click.argument("version", type=int)
+def models_reject(group: str, version: int):
+    "Reject GROUP's VERSION: the inference pipeline no longer picks it."
+    _set_status(group, version, "Rejected")
+
+# %% ../nbs/10_cli.ipynb #0099ae4b
+@main.command()
+@click.argument("reference", metavar="MODEL_VERSION|EXECUTION_ID")
+@click.option("--format", "output_format", type=click.Choice(["tree", "json", "mermaid"]), default="tree", show_default=True)
+def lineage(reference: str, output_format: str):
+    "Where a model version (GROUP/VERSION or its ARN) or an execution came from: steps, channels, data, code."
+    import json
+    from mlops.tracking import lineage as lineage_graph, lineage_mermaid, lineage_tree
+    graph = _registry_call(lineage_graph, reference)
+    if output_format == "json":
+        click.echo(json.dumps(graph, indent=2, sort_keys=True))
+    elif output_format == "mermaid":
+        click.echo(lineage_mermaid(graph), nl=False)
+    else:
+        console.print(lineage_tree(graph))
+
+@main.command()
+@click.option("--port", default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="interface to listen on; the store holds data paths and metrics, so expose it on purpose only")
+def ui(port: int, host: str):
+    "Serve MLflow's UI over the local tracking store (runs, metrics, artifacts, registered models)."
+    from mlops.tracking import serve_ui, tracking_uri
+    console.print(f"MLflow UI over {tracking_uri()} at http://{host}:{port} (Ctrl+C stops it)", markup=False, soft_wrap=True)
+    sys.exit(serve_ui(port=port, host=host))
 
 # %% ../nbs/10_cli.ipynb #11114ba3
 @main.command()

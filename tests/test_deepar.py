@@ -1,5 +1,6 @@
 """Local DeepAR: hyperparameter rules, channels, metrics, artifact, inference formats and entry points."""
 import json
+import re
 import subprocess
 import sys
 
@@ -569,3 +570,39 @@ def test_inference_configuration_defaults_are_sagemakers():
     assert InferenceConfiguration.from_json(None) == InferenceConfiguration.from_json(
         {"num_samples": 100, "output_types": ["mean", "quantiles"],
          "quantiles": ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]})
+
+
+def test_cli_trains_on_the_demo_data_and_its_model_serves_the_inference_requests(tmp_path):
+    "`mlops train-deepar` → metrics.json in SageMaker's shape and a model.tar.gz that a fresh process serves."
+    from conftest import run_mlops
+    work = tmp_path / "deepar"
+    result = run_mlops("train-deepar", "--output", work, "--epochs", "1", "-p", "num_cells=8", "-p", "num_layers=1",
+                       "-p", "num_eval_samples=20", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "epoch 1/1: train loss" in out and "wall time:" in out and str(work / "model" / "model.tar.gz") in out
+    metrics = json.loads((work / "output" / "metrics.json").read_text())
+    assert all(set(m) == {"MetricName", "Value"} for m in metrics)
+    for metric in metrics:  # every metric is printed, under SageMaker's name
+        assert re.search(rf"{re.escape(metric['MetricName'])}\W+{metric['Value']:.4f}", result.stdout), metric
+    assert {"train:final_loss", "test:RMSE", "test:mean_wQuantileLoss", "test:wQuantileLoss[0.9]"} <= {m["MetricName"] for m in metrics}
+
+    # the inference requests of the same demo data, made with the feature state training used, then a fresh transform
+    assert run_mlops("demo-data", tmp_path / "future.csv", "--future-periods", "14", cwd=tmp_path).returncode == 0
+    infer = run_mlops("features", "--mode", "infer", "--input", tmp_path / "future.csv", "--output", tmp_path / "infer",
+                      "--state", work / "channels" / "state", "--static-cat-columns", "store,category",
+                      "--dynamic-real-columns", "promo", cwd=tmp_path)
+    assert infer.returncode == 0, infer.stderr
+    served = run_module("transform", "--model-dir", work / "model", "--input", tmp_path / "infer" / "inference",
+                        "--output", tmp_path / "predictions", env={"DEEPAR_INFERENCE_CONFIG": '{"num_samples": 20}'})
+    assert served.returncode == 0, served.stderr
+    lines = (tmp_path / "predictions" / "requests.jsonl.out").read_text().splitlines()
+    assert len(lines) == 50 and all(len(json.loads(line)["mean"]) == 14 for line in lines)
+
+
+def test_cli_refuses_a_bad_hyperparameter_before_writing_anything(tmp_path):
+    from conftest import run_mlops
+    result = run_mlops("train-deepar", "--output", tmp_path / "deepar", "-p", "num_layers=0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "num_layers" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "deepar").exists()

@@ -118,13 +118,23 @@ def test_registry_holds_a_version_pending_manual_approval(trained, client):
 
 
 def test_after_approval_the_inference_pipeline_picks_the_version(workspace, trained, client):
-    from mlops.tracking import approve, model_versions
+    from mlops.tracking import model_versions
     refused = mlops(workspace, "run", "--pipeline", "inference", "--data", workspace["root"] / "future.csv")
     assert refused.returncode == 1
     assert f"mlops models approve {GROUP} 1" in " ".join(refused.stderr.split())
 
-    approve(GROUP, 1, workspace["home"])
+    listed = mlops(workspace, "models", "list")
+    assert listed.returncode == 0, listed.stderr
+    row = next([cell.strip() for cell in line.split("│")[1:-1]] for line in listed.stdout.splitlines() if GROUP in line)
+    assert row[:3] == [GROUP, "1", "PendingManualApproval"] and trained.id in row
+
+    approved = mlops(workspace, "models", "approve", GROUP, "1")
+    assert approved.returncode == 0, approved.stderr
+    assert f"{GROUP}/1: PendingManualApproval → Approved" in approved.stdout
+    assert f"default model: {GROUP}/1" in approved.stdout
     assert client.get_model_version(GROUP, "1").tags["ModelApprovalStatus"] == "Approved"
+    missing = mlops(workspace, "models", "approve", GROUP, "9")
+    assert missing.returncode == 2 and "has no version 9" in missing.stderr
     assert [(v["version"], v["status"]) for v in model_versions(GROUP, workspace["home"])] == [(1, "Approved")]
     result = mlops(workspace, "run", "--pipeline", "inference", "--data", workspace["root"] / "future.csv")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -155,6 +165,17 @@ def test_lineage_holds_the_input_file_sha256(workspace, trained):
     assert text.index(f"model {GROUP}/1") < text.index("TrainDeepAR") < text.index("FeatureEngineering") < text.index(digest)
     assert "-->|train|" in lineage_mermaid(graph)
     assert lineage(trained.id, workspace["home"])["input_data"]["sha256"] == digest  # by execution id
+
+    # the command: a tree by default, JSON for machines (the same graph), Mermaid for diagrams
+    tree = mlops(workspace, "lineage", f"{GROUP}/1")
+    assert tree.returncode == 0, tree.stderr
+    assert tree.stdout.index("TrainDeepAR") < tree.stdout.index("FeatureEngineering") < tree.stdout.index(digest)
+    as_json = mlops(workspace, "lineage", f"arn:aws:sagemaker:local:000000000000:model-package/{GROUP}/1", "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["input_data"] == graph["input_data"]
+    assert "-->|train|" in mlops(workspace, "lineage", trained.id, "--format", "mermaid").stdout
+    unknown = mlops(workspace, "lineage", "no-such-execution")
+    assert unknown.returncode == 2 and "mlops runs" in unknown.stderr
 
 
 def test_changed_data_makes_a_new_version_whose_lineage_differs_there(workspace, trained):
