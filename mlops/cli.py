@@ -5,6 +5,7 @@
 # %% ../nbs/10_cli.ipynb #de88c3e4
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,8 +22,10 @@ __all__ = ['console', 'err_console', 'fail', 'main', 'demo_data_command', 'featu
            'lineage', 'ui', 'render', 'fill', 'validate', 'dag', 'deploy', 'start', 'watch']
 
 # %% ../nbs/10_cli.ipynb #f718a7c5
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# in a pipe or a CI log, long paths and ARNs stay on one line (rich would wrap them at 80 columns)
+_width = lambda stream: None if stream.isatty() or "COLUMNS" in os.environ else 200
+console = Console(highlight=False, width=_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 def fail(message: str, code: int = 1, **details):
     "Print `message` (and `details` as 'key: value' lines) on stderr and exit with `code`."
@@ -182,8 +185,10 @@ def show_execution_summary(execution):
     for step in execution.steps:
         props = step.properties or {}
         if step.type == "Condition": console.print(f"quality gate {step.name}: {'passed' if props.get('Outcome') else 'not passed'}")
-        if "ModelPackageArn" in props:
+        if step.type == "RegisterModel" and "ModelPackageArn" in props:
             console.print(f"registered model: {props['ModelPackageArn']} ({props.get('ModelApprovalStatus')})")
+        elif step.type == "Transform" and props.get("ModelPackageArn"):
+            console.print(f"model used: {props['ModelPackageArn']}")
         if step.type == "Model" and "ModelName" in props: console.print(f"model: {props['ModelName']}")
     for notebook in execution.notebooks: console.print(f"executed notebook: {notebook}")
     if execution.status != "Succeeded":
