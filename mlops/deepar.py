@@ -750,6 +750,16 @@ def _hyperparameters_from_args(path: str | None, pairs: Sequence[Sequence[str]])
     given.update({name: value for name, value in pairs})
     return {name: value if isinstance(value, str) else json.dumps(value) for name, value in given.items()}
 
+def _run_warm() -> int:
+    "A prestarted worker: import the model libraries now, then run the one job (a JSON line on stdin) that comes later."
+    import gluonts.torch.model.deepar, lightning.pytorch  # noqa: F401  (seconds of imports, done while earlier steps run)
+    line = sys.stdin.readline()
+    if not line.strip(): return 0  # the runner did not need us, or went away
+    job = json.loads(line)
+    os.environ.update(job.get("env", {}))
+    os.chdir(job["cwd"])
+    return main(job["argv"])
+
 def main(argv: Sequence[str] | None = None) -> int:
     "Command line of the local DeepAR: `train` and `transform` (see above); returns the exit status."
     import argparse
@@ -767,7 +777,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     x.add_argument("--model-dir", required=True, help="folder holding model.tar.gz")
     x.add_argument("--input", required=True, help="JSON Lines file, or a folder of them")
     x.add_argument("--output", required=True, help="output folder")
+    commands.add_parser("warm", help="import the libraries, then run the command line that arrives on stdin as JSON "
+                                     '({"argv": [...], "env": {...}, "cwd": "..."}); the local runner prestarts it')
     args = parser.parse_args(argv)
+    if args.command == "warm":
+        return _run_warm()
     started = time.perf_counter()
     try:
         if args.command == "train":

@@ -292,12 +292,29 @@ def _map_container_paths(value, folder: Path):
         return str(folder / value[len(CONTAINER_ROOT):]) if len(value) > len(CONTAINER_ROOT) else str(folder)
     return value
 
-def run_subprocess(command: list[str], run: StepRun, env: dict | None = None) -> None:
-    "Run `command`, its output streamed to the step's log; raise StepError (with SageMaker's failure kind) if it fails."
+def _hand_over(worker: subprocess.Popen | None, argv: list[str], env: dict | None, cwd: Path) -> subprocess.Popen | None:
+    "Give a prestarted worker its job; None if there is no worker or it has died."
+    if worker is None: return None
+    try:
+        worker.stdin.write(json.dumps({"argv": argv, "env": env or {}, "cwd": str(cwd)}) + "\n")
+        worker.stdin.close()
+        return worker
+    except OSError:  # it died while importing: start the job cold
+        worker.kill(); worker.wait()
+        return None
+
+def run_subprocess(command: list[str], run: StepRun, env: dict | None = None, warm: subprocess.Popen | None = None) -> None:
+    """Run `command`, its output streamed to the step's log; raise StepError (with SageMaker's failure kind) if it fails.
+    `warm`: a prestarted `python -m <module> warm` worker that runs `command`'s arguments instead of a new process."""
     log_path = run.folder / "log.txt"
     with open(log_path, "a", encoding="utf-8") as log_file:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env={**os.environ, **(env or {})}, cwd=run.folder)
+        process = _hand_over(warm, command[3:], env, run.folder)
+        if process is not None:
+            log_file.write(f"[mlops] {' '.join(command[2:4])}: runs in a worker prestarted while the steps before it ran "
+                           f"(its libraries are loaded; pid {process.pid})\n")
+        else:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       env={**os.environ, **(env or {})}, cwd=run.folder)
         run.execution.register_process(process)
         try:
             last = ""
@@ -356,7 +373,7 @@ def run_training(run: StepRun) -> dict:
                "--model-dir", str(folder / "model"), "--output-dir", str(folder / "output"),
                "--hyperparameters", str(folder / "hyperparameters.json")]
     if "test" in channels: command += ["--test", str(channels["test"])]
-    run_subprocess(command, run)
+    run_subprocess(command, run, warm=run.execution.take_deepar_worker())
     job_name = run.execution.job_name(run.spec.name)
     model_uri = f"{args['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{job_name}/output/model.tar.gz"
     run.store.upload(folder / "model" / "model.tar.gz", model_uri)
@@ -417,7 +434,8 @@ def run_transform(run: StepRun) -> dict:
     run.store.download(args["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"], folder / "input")
     command = [sys.executable, "-m", "mlops.deepar", "transform", "--model-dir", str(folder / "model"),
                "--input", str(folder / "input"), "--output", str(folder / "output")]
-    run_subprocess(command, run, {k: _as_text(v) for k, v in args.get("Environment", {}).items()})
+    run_subprocess(command, run, {k: _as_text(v) for k, v in args.get("Environment", {}).items()},
+                   warm=run.execution.take_deepar_worker())
     run.store.upload(folder / "output", args["TransformOutput"]["S3OutputPath"])
     return {**args, "TransformJobName": run.execution.job_name(run.spec.name), "TransformJobStatus": "Completed",
             "ModelDataUrl": model["model_data_url"], **({"ModelPackageArn": model["arn"]} if model.get("arn") else {})}
@@ -637,6 +655,7 @@ class ExecutionState:
         self.context.property_files = {s["Name"]: {p["PropertyFileName"]: p for p in s.get("PropertyFiles", [])}
                                        for s in _all_raw_steps(definition)}
         self._processes, self._lock = set(), threading.Lock()
+        self._deepar_worker: subprocess.Popen | None = None
         self.tracker: ExecutionTracker | None = None  # the execution's MLflow run (None: tracking off)
 
     def job_name(self, step: str) -> str:
@@ -651,6 +670,27 @@ class ExecutionState:
     def stop(self):
         with self._lock:
             for p in self._processes: p.terminate()
+
+    def prestart_deepar_worker(self):
+        "Start a DeepAR process that imports torch, lightning and GluonTS (seconds) while the steps before it run."
+        with self._lock:
+            if self._deepar_worker is not None: return
+            self._deepar_worker = subprocess.Popen([sys.executable, "-m", "mlops.deepar", "warm"], stdin=subprocess.PIPE,
+                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.folder)
+            self._processes.add(self._deepar_worker)
+
+    def take_deepar_worker(self) -> subprocess.Popen | None:
+        "The prestarted DeepAR worker, if there is one (each serves one job)."
+        with self._lock:
+            worker, self._deepar_worker = self._deepar_worker, None
+            return worker
+
+    def close(self):
+        "End a prestarted worker that no step took (its step was cached, or not reached)."
+        worker = self.take_deepar_worker()
+        if worker is not None:
+            worker.kill(); worker.wait()
+            self.unregister_process(worker)
 
 def _all_raw_steps(definition):
     def visit(steps):
@@ -766,6 +806,8 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
         emit(result)
 
     code = code_digest()
+    # the steps that feed a DeepAR job: when one of them really runs, a DeepAR worker starts loading its libraries
+    feeds_deepar = {d for s in specs.values() if _runs_deepar(s) for d in s.depends_on}
     finished: set[str] = set(state.context.steps)
     skipped: set[str] = set()
     failure: str | None = None
@@ -795,6 +837,7 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
                 records.save_step(execution_id, spec.name, spec.type, "Succeeded", now, now, 1, None, hit["properties"], key, source)
                 return StepResult(spec.name, spec.type, "Succeeded", now, now, 1, None, hit["properties"], source)
         executor = executors.find(spec.type, arguments)
+        if spec.name in feeds_deepar: state.prestart_deepar_worker()
         attempt, first_started = 1, time.time()
         while True:
             started = time.time()
@@ -853,6 +896,7 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
             if state.tracker: state.tracker.abandon()
             raise
         finally:
+            state.close()
             if interrupted:
                 records.end_execution(execution_id, "Stopped", "stopped by the user")
     status = "Failed" if failure is not None else "Succeeded"
@@ -863,6 +907,11 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
             status, failure = "Failed", failure or str(e)
     records.end_execution(execution_id, status, failure)
     return Execution.load(execution_id, home)
+
+def _runs_deepar(spec: StepSpec) -> bool:
+    "Whether the step runs the local DeepAR (training with its image, or a batch transform)."
+    image = spec.arguments.get("AlgorithmSpecification", {}).get("TrainingImage")
+    return spec.type == "Transform" or (spec.type == "Training" and is_deepar_image(image))
 
 def _outputs_exist(properties: dict, store: LocalStore) -> bool:
     "Whether the outputs that a cached step wrote are still in the store."
