@@ -1003,7 +1003,7 @@ def local_values() -> dict[str, str]:
             "RoleArn": "arn:aws:iam::000000000000:role/mlops-local", "KmsKeyId": ""}
 
 PIPELINES = {"training": "deepar-training", "inference": "deepar-inference"}
-LOCAL_PARAMETERS = {"training": {"Epochs": "5"}, "inference": {}}
+LOCAL_PARAMETERS = {"training": {"Epochs": "60"}, "inference": {}}
 
 def local_definition(pipeline: str = "training", templates_dir: str | Path | None = None) -> dict:
     "The committed template of `pipeline` ('training' or 'inference'), filled with `local_values()`."
