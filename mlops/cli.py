@@ -190,7 +190,11 @@ def show_execution_summary(execution):
         elif step.type == "Transform" and props.get("ModelPackageArn"):
             console.print(f"model used: {props['ModelPackageArn']}")
         if step.type == "Model" and "ModelName" in props: console.print(f"model: {props['ModelName']}")
-    for notebook in execution.notebooks: console.print(f"executed notebook: {notebook}")
+    store = execution.home / "store"  # where the s3:// URIs of a local run live
+    for step, named in execution.outputs.items():
+        local = {k: store / v[len("s3://"):] for k, v in named.items() if v.startswith("s3://") and k != "report"}
+        if local: console.print(f"{step} outputs: " + ", ".join(f"{k} {path}" for k, path in local.items()), markup=False, soft_wrap=True)
+    for notebook in execution.notebooks: console.print(f"executed notebook: {notebook}", markup=False, soft_wrap=True)
     if execution.status != "Succeeded":
         err_console.print(f"[bold red]{execution.status}:[/] {execution.failure_reason}", soft_wrap=True)
 

@@ -41,6 +41,11 @@ def trained(workspace) -> Execution:
     execution = latest(workspace)
     assert "quality gate CheckQuality: passed" in result.stdout
     assert "registered model: arn:aws:sagemaker:local:000000000000:model-package/deepar-forecast/1" in " ".join(result.stdout.split())
+    # where the channels, the state and the model landed: printed, and there
+    shown = next(line for line in result.stdout.splitlines() if line.startswith("FeatureEngineering outputs: "))
+    for name in ("train", "test", "state"):
+        path = Path(shown.split(f"{name} ", 1)[1].split(",")[0])
+        assert path == execution.home / "store" / execution.outputs["FeatureEngineering"][name][len("s3://"):] and path.is_dir()
     return execution
 
 
