@@ -17,9 +17,9 @@ from . import __version__
 from .config import FORECAST, mlops_home
 
 # %% auto #0
-__all__ = ['console', 'err_console', 'fail', 'main', 'demo_data_command', 'features', 'ProgressView', 'show_execution_summary',
-           'run', 'runs', 'status', 'logs', 'train_deepar', 'models', 'models_list', 'models_approve', 'models_reject',
-           'lineage', 'ui', 'render', 'fill', 'validate', 'dag', 'deploy', 'start', 'watch']
+__all__ = ['console', 'err_console', 'models_approve', 'models_reject', 'fail', 'main', 'demo_data_command', 'features',
+           'ProgressView', 'show_execution_summary', 'run', 'runs', 'status', 'logs', 'train_deepar', 'models',
+           'models_list', 'lineage', 'ui', 'render', 'fill', 'validate', 'dag', 'deploy', 'start', 'watch']
 
 # %% ../nbs/10_cli.ipynb #f718a7c5
 # in a pipe or a CI log, long paths and ARNs stay on one line (rich would wrap them at 80 columns)
@@ -324,30 +324,25 @@ def models_list(group: str | None):
                       r["execution_id"] or "", _time(r["created"]))
     console.print(table)
 
-def _set_status(group: str, version: int, status: str):
-    from mlops.tracking import model_versions, resolve_model_package, set_approval
-    before = {r["version"]: r["status"] for r in _registry_call(model_versions, group)}
-    row = _registry_call(set_approval, group, version, status)
-    console.print(f"{group}/{version}: {before.get(version, '?')} → {row['status']}", markup=False)
-    try:
-        default = resolve_model_package(group)
-        console.print(f"the inference pipeline's default model: {group}/{default['version']}", markup=False)
-    except LookupError:
-        console.print(f"{group} has no Approved version: the inference pipeline needs one (or -p ModelName=...).", markup=False)
+def _approval_command(name: str, status: str, help: str):
+    "`mlops models NAME GROUP VERSION`: set the version's ModelApprovalStatus and say which version inference now uses."
+    @models.command(name, help=help)
+    @click.argument("group")
+    @click.argument("version", type=int)
+    def command(group: str, version: int):
+        from mlops.tracking import resolve_model_package, set_approval
+        row = _registry_call(set_approval, group, version, status)
+        console.print(f"{group}/{version}: {row['previous_status']} → {row['status']}", markup=False)
+        try:
+            default = resolve_model_package(group)
+            console.print(f"the inference pipeline's default model: {group}/{default['version']}", markup=False)
+        except LookupError:
+            console.print(f"{group} has no Approved version: the inference pipeline needs one (or -p ModelName=...).", markup=False)
+    return command
 
-@models.command("approve")
-@click.argument("group")
-@click.argument("version", type=int)
-def models_approve(group: str, version: int):
-    "Approve GROUP's VERSION: it becomes the inference pipeline's default model if it is the latest approved."
-    _set_status(group, version, "Approved")
-
-@models.command("reject")
-@click.argument("group")
-@click.argument("version", type=int)
-def models_reject(group: str, version: int):
-    "Reject GROUP's VERSION: the inference pipeline no longer picks it."
-    _set_status(group, version, "Rejected")
+models_approve = _approval_command("approve", "Approved",
+                                   "Approve GROUP's VERSION: it becomes the inference pipeline's default model if it is the latest approved.")
+models_reject = _approval_command("reject", "Rejected", "Reject GROUP's VERSION: the inference pipeline no longer picks it.")
 
 # %% ../nbs/10_cli.ipynb #0099ae4b
 @main.command()

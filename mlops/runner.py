@@ -309,6 +309,7 @@ def run_subprocess(command: list[str], run: StepRun, env: dict | None = None, wa
     log_path = run.folder / "log.txt"
     with open(log_path, "a", encoding="utf-8") as log_file:
         process = _hand_over(warm, command[3:], env, run.folder)
+        if warm is not None and process is None: run.execution.unregister_process(warm)  # it died: start cold
         if process is not None:
             log_file.write(f"[mlops] {' '.join(command[2:4])}: runs in a worker prestarted while the steps before it ran "
                            f"(its libraries are loaded; pid {process.pid})\n")

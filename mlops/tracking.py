@@ -357,7 +357,7 @@ def model_versions(group: str | None = None, home: str | Path | None = None) -> 
     return sorted((_version_row(v) for v in c.search_model_versions(query, max_results=10000)), key=lambda r: (r["group"], r["version"]))
 
 def set_approval(group: str, version: int | str, status: str, home: str | Path | None = None) -> dict:
-    "Set a version's ModelApprovalStatus (Approved, Rejected or PendingManualApproval); the version's row."
+    "Set a version's ModelApprovalStatus (Approved, Rejected or PendingManualApproval); the version's row (and `previous_status`)."
     if status not in APPROVAL_STATUSES: raise ValueError(f"status {status!r} is not one of {', '.join(APPROVAL_STATUSES)}.")
     versions = {r["version"]: r for r in model_versions(group, home)}
     if not versions: raise ModelNotFound(f"no registered model {group!r}. Fix: run the training pipeline (`mlops run`), "
@@ -365,7 +365,7 @@ def set_approval(group: str, version: int | str, status: str, home: str | Path |
     if int(version) not in versions:
         raise ModelNotFound(f"model {group!r} has no version {version}; its versions: {', '.join(map(str, versions))}.")
     client(home).set_model_version_tag(group, str(version), APPROVAL_TAG, status)
-    return {**versions[int(version)], "status": status}
+    return {**versions[int(version)], "previous_status": versions[int(version)]["status"], "status": status}
 
 def approve(group: str, version: int | str, home: str | Path | None = None) -> dict:
     "Approve a version: the inference pipeline's default model becomes the latest Approved version."
