@@ -62,8 +62,10 @@ def step_notebook(name: str) -> Path:
     return path
 
 def mlops_home() -> Path:
-    "Folder of local state (runs, stores, tracking): `MLOPS_HOME`, else `.mlops` in the working directory."
-    return Path(os.environ.get("MLOPS_HOME", ".mlops"))
+    """Folder of local state (runs, store, registry, MLflow): `MLOPS_HOME`, else `.mlops` in the project root
+    (wherever the caller stands: a notebook in `nbs/` and the CLI at the root share it), else in the working directory."""
+    if env := os.environ.get("MLOPS_HOME"): return Path(env).resolve()
+    return ((project_root() or Path.cwd()) / ".mlops").resolve()
 
 # %% ../nbs/00_config.ipynb #9302ad7c
 DEEPAR_HYPERPARAMETERS: dict[str, str] = {

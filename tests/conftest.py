@@ -20,6 +20,7 @@ def small_demo(tmp_path) -> Path:
 
 
 def run_mlops(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
-    "Run the `mlops` command in a fresh process, as a user would."
+    "Run the `mlops` command in a fresh process, as a user would; with `cwd`, its local state is `cwd/.mlops`."
+    home = {"MLOPS_HOME": str(Path(cwd) / ".mlops")} if cwd is not None else {}
     return subprocess.run([*MLOPS, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+                          env={**os.environ, "COLUMNS": "200", **home, **(env or {})})
