@@ -379,7 +379,8 @@ def ui(port: int, host: str):
 def render(out_dir: Path, check: bool, no_fingerprint: bool):
     "Build both SageMaker pipelines offline and write them as templates: definitions, keys.json, cloudformation.yaml."
     from rich.markup import escape
-    from mlops.render import DefinitionInvalid, RenderError, render as render_templates
+    from mlops.definition.validate import DefinitionInvalid
+    from mlops.render import RenderError, render as render_templates
     try:
         code = render_templates(out_dir, check=check, use_fingerprint=not no_fingerprint)
     except (RenderError, DefinitionInvalid) as e:
@@ -395,7 +396,9 @@ def render(out_dir: Path, check: bool, no_fingerprint: bool):
 def fill(template: Path, values_path: Path, out_path: Path | None):
     "Fill TEMPLATE's {{ Key }} placeholders with an environment's values; validate the result before writing it."
     from rich.markup import escape
-    from mlops.render import DefinitionInvalid, FillError, fill as fill_template
+    from mlops.definition.templates import FillError
+    from mlops.definition.validate import DefinitionInvalid
+    from mlops.render import fill as fill_template
     try:
         text = fill_template(template, values_path, out_path)
     except DefinitionInvalid as e:
@@ -415,7 +418,7 @@ def fill(template: Path, values_path: Path, out_path: Path | None):
 def validate(files: tuple[Path, ...]):
     "Validate pipeline definitions (templated or filled) offline: JSON Schema, SageMaker API shapes, references, DeepAR rules."
     from rich.markup import escape
-    from mlops.render import validate_file
+    from mlops.definition.validate import validate_file
     invalid = 0
     for file in files:
         errors = validate_file(file)

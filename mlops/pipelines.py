@@ -19,7 +19,7 @@ __all__ = ['TRAINING_PIPELINE', 'INFERENCE_PIPELINE', 'PROCESSING_ENTRYPOINT', '
            'DEEPAR_INFERENCE_CONFIG', 'CACHE_EXPIRE_AFTER', 'PIPELINES', 'hyperparameter_parameter', 'NetworkAttempt',
            'offline_aws', 'pipeline_session', 'hyperparameter_parameters', 'cache_config', 'retry_policies',
            'step_output_uri', 'notebook_step', 'training_pipeline', 'inference_pipeline', 'pipeline_definitions',
-           'step_edges', 'all_steps', 'mermaid', 'write_demo_transform_output']
+           'write_demo_transform_output']
 
 # %% ../nbs/05_pipelines.ipynb #e1bd778c
 TRAINING_PIPELINE = "DeepARTraining"
@@ -336,53 +336,6 @@ def pipeline_definitions(resources: dict | None = None) -> dict[str, dict]:
                 return {name: json.loads(build(resources, session).definition()) for name, build in PIPELINES.items()}
     finally:
         logging.disable(disabled)
-
-# %% ../nbs/05_pipelines.ipynb #f8a757c2
-def step_edges(definition: dict) -> list[tuple[str, str, str]]:
-    "Edges (from step, to step, label) of a definition: data dependencies, DependsOn (label 'after'), condition branches ('true'/'false')."
-    edges = []
-    def references(value):
-        if isinstance(value, dict):
-            if isinstance(value.get("Get"), str) and value["Get"].startswith("Steps."):
-                yield value["Get"].split(".")[1].split("[")[0]
-            for item in value.values(): yield from references(item)
-        elif isinstance(value, list):
-            for item in value: yield from references(item)
-    def visit(steps):
-        for step in steps:
-            arguments = step.get("Arguments", {})
-            if step.get("Type") == "Condition":
-                for label, branch in (("true", "IfSteps"), ("false", "ElseSteps")):
-                    edges.extend((step["Name"], child["Name"], label) for child in arguments.get(branch, []))
-                    visit(arguments.get(branch, []))
-                arguments = arguments.get("Conditions", [])
-            for source in dict.fromkeys(references(arguments)):
-                edges.append((source, step["Name"], ""))
-            edges.extend((source, step["Name"], "after") for source in step.get("DependsOn", []))
-    visit(definition.get("Steps", []))
-    return list(dict.fromkeys(edges))
-
-def all_steps(definition: dict) -> list[dict]:
-    "Every step of a definition, including those inside condition branches, in definition order."
-    found = []
-    def visit(steps):
-        for step in steps:
-            found.append(step)
-            visit(step.get("Arguments", {}).get("IfSteps", []) if step.get("Type") == "Condition" else [])
-            visit(step.get("Arguments", {}).get("ElseSteps", []) if step.get("Type") == "Condition" else [])
-    visit(definition.get("Steps", []))
-    return found
-
-def mermaid(definition: dict, title: str | None = None) -> str:
-    "A Mermaid flowchart of the definition's steps (labelled with their type) and edges."
-    shapes = {"Condition": ('{"', '"}'), "Fail": ('[/"', '"/]')}
-    lines = ([f"---\ntitle: {title}\n---"] if title else []) + ["flowchart TD"]
-    for step in all_steps(definition):
-        opening, closing = shapes.get(step["Type"], ('["', '"]'))
-        lines.append(f'    {step["Name"]}{opening}{step["Name"]}<br/><small>{step["Type"]}</small>{closing}')
-    for source, target, label in step_edges(definition):
-        lines.append(f"    {source} -->|{label}| {target}" if label else f"    {source} --> {target}")
-    return "\n".join(lines) + "\n"
 
 # %% ../nbs/05_pipelines.ipynb #9b17e1e2
 def write_demo_transform_output(folder: str | Path, n_items: int = 3, prediction_length: int = FORECAST.prediction_length,

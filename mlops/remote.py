@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import NotebookNotFound, project_root, step_notebook
-from .pipelines import all_steps
-from .render import (KEYS_FILE, TEMPLATE_FILES, DefinitionInvalid, FillError, fill_definition, known_keys_for,
-                          load_definition, validate_definition)
+from .definition.graph import all_steps
+from .definition.templates import KEYS_FILE, FillError, fill_definition, known_keys_for
+from .definition.validate import DefinitionInvalid, load_definition, validate_definition
+from .render import TEMPLATE_FILES
 
 # %% auto #0
 __all__ = ['DEFINITION_TAG', 'COMMIT_TAG', 'TERMINAL_STATUSES', 'STATUS_STYLES', 'RemoteError', 'describe_endpoint',

@@ -1009,7 +1009,8 @@ LOCAL_PARAMETERS = {"training": {"Epochs": "60"}, "inference": {}}
 def local_definition(pipeline: str = "training", templates_dir: str | Path | None = None) -> dict:
     "The committed template of `pipeline` ('training' or 'inference'), filled with `local_values()`."
     from mlops.config import project_root
-    from mlops.render import fill_definition, unchanged_by_fingerprint  # JSON only: render never loads the SDK here
+    from mlops.definition.templates import fill_definition
+    from mlops.render import unchanged_by_fingerprint  # JSON only: render never loads the SDK here
     if pipeline not in PIPELINES: raise DefinitionNotRunnable(f"no pipeline {pipeline!r}; choose one of: {', '.join(PIPELINES)}.")
     templates_dir = Path(templates_dir) if templates_dir else (project_root() or Path.cwd()) / "templates"
     path = templates_dir / f"{PIPELINES[pipeline]}.pipeline.json"

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 
 from mlops.config import DEEPAR_HYPERPARAMETERS, FORECAST, project_root, step_notebook
-from mlops.pipelines import (PROCESSING_ENTRYPOINT, QUALITY_METRIC, hyperparameter_parameter, step_edges,
+from mlops.pipelines import (PROCESSING_ENTRYPOINT, QUALITY_METRIC, hyperparameter_parameter,
                              write_demo_transform_output)
 from mlops.processing import declared_parameters
-from mlops.render import TEMPLATE_FILES, all_steps
+from mlops.definition.graph import all_steps, step_edges
+from mlops.render import TEMPLATE_FILES
 
 TEMPLATES = project_root() / "templates"
 EXECUTION_ID = {"Get": "Execution.PipelineExecutionId"}

@@ -19,7 +19,8 @@ import boto3
 import pytest
 
 from mlops.config import TEMPLATE_KEYS, project_root, step_notebook
-from mlops.render import TEMPLATE_FILES, example_values
+from mlops.definition.templates import example_values
+from mlops.render import TEMPLATE_FILES
 
 ROOT = project_root()
 TEMPLATES = ROOT / "templates"

@@ -1,6 +1,6 @@
 """`mlops render`, `fill`, `validate` and `dag` on the real templates: hermetic, deterministic, valid, deployable.
 
-Renders run as the real command (`python -m mlops.render ...`) in fresh processes with no AWS
+Every command runs as the real `mlops` command in a fresh process with no AWS
 credentials or configuration, under a guard that records every socket connection or host lookup.
 """
 import copy
@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import MLOPS
 from mlops.config import EXAMPLE_ACCOUNT_ID, TEMPLATE_KEYS, project_root
-from mlops.render import (CLOUDFORMATION_FILE, FINGERPRINT_FILE, KEYS_FILE, SCHEMA_OVERLAY, TEMPLATE_FILES,
-                          DefinitionInvalid, FillError, example_values, fill, fill_definition, render,
-                          sagemaker_service_model, validate_definition, validate_file)
+from mlops.definition.templates import KEYS_FILE, FillError, example_values, fill_definition
+from mlops.definition.validate import (SCHEMA_OVERLAY, DefinitionInvalid, sagemaker_service_model, validate_definition,
+                                       validate_file)
+from mlops.render import CLOUDFORMATION_FILE, FINGERPRINT_FILE, TEMPLATE_FILES, fill, render
 
 TEMPLATES = project_root() / "templates"
 ARTIFACTS = [*TEMPLATE_FILES.values(), KEYS_FILE, CLOUDFORMATION_FILE, FINGERPRINT_FILE]
@@ -34,13 +36,13 @@ SOCKET_GUARD = textwrap.dedent("""
         return refused
     socket.socket.connect, socket.socket.connect_ex = refuse("socket.connect"), refuse("socket.connect_ex")
     socket.getaddrinfo, socket.create_connection = refuse("getaddrinfo"), refuse("create_connection")
-    sys.argv = ["mlops.render", *sys.argv[1:]]
+    sys.argv = [MLOPS_SCRIPT, *sys.argv[1:]]
     try:
-        runpy.run_module("mlops.render", run_name="__main__")
+        runpy.run_path(MLOPS_SCRIPT, run_name="__main__")
     finally:
         with open(os.environ["SOCKET_LOG"], "w") as log:
             json.dump(attempts, log)
-""")
+""").replace("MLOPS_SCRIPT", repr(MLOPS[0]))
 
 
 def bare_environment(tmp_path: Path) -> dict:
@@ -76,7 +78,8 @@ def test_the_socket_guard_catches_a_connection(tmp_path):
     script = tmp_path / "reach.py"
     script.write_text("import socket\ntry:\n    socket.create_connection(('example.com', 443), timeout=1)\nexcept OSError:\n    pass\n")
     log = tmp_path / "log.json"
-    guard = SOCKET_GUARD.replace('runpy.run_module("mlops.render", run_name="__main__")', f"runpy.run_path({str(script)!r})")
+    guard = SOCKET_GUARD.replace(f'runpy.run_path({MLOPS[0]!r}, run_name="__main__")', f"runpy.run_path({str(script)!r})")
+    assert guard != SOCKET_GUARD
     subprocess.run([sys.executable, "-c", guard], env={**os.environ, "SOCKET_LOG": str(log)}, check=True)
     assert json.loads(log.read_text()) and "example.com" in json.loads(log.read_text())[0]
 
@@ -113,7 +116,7 @@ def test_the_scan_can_fail():
 @pytest.mark.parametrize("name", TEMPLATE_FILES.values())
 def test_every_template_passes_mlops_validate(name):
     assert validate_file(TEMPLATES / name) == []
-    result = subprocess.run([sys.executable, "-m", "mlops.render", "validate", TEMPLATES / name], capture_output=True, text=True)
+    result = subprocess.run([*MLOPS, "validate", TEMPLATES / name], capture_output=True, text=True)
     assert result.returncode == 0 and "valid" in result.stdout, result.stderr
 
 
@@ -169,11 +172,11 @@ def test_fill_then_validate_on_example_values(tmp_path):
     values.write_text(json.dumps(example_values()))
     for name in TEMPLATE_FILES.values():
         out = tmp_path / f"filled-{name}"
-        result = subprocess.run([sys.executable, "-m", "mlops.render", "fill", TEMPLATES / name, "--values", values, "-o", out],
+        result = subprocess.run([*MLOPS, "fill", TEMPLATES / name, "--values", values, "-o", out],
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert "{{" not in out.read_text() and TEMPLATE_KEYS["RoleArn"].example in out.read_text()
-        result = subprocess.run([sys.executable, "-m", "mlops.render", "validate", out], capture_output=True, text=True)
+        result = subprocess.run([*MLOPS, "validate", out], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
 
 
@@ -184,7 +187,7 @@ def test_fill_lists_every_missing_key_and_rejects_unknown_ones(tmp_path):
     with pytest.raises(FillError, match="missing values for keys: ArtifactBucket, CodeLocation, DeepARImageUri, KmsKeyId, ProcessingImageUri"):
         fill(template, values)
     values.write_text(json.dumps({**example_values(), "KmsKeyID": "x"}))
-    result = subprocess.run([sys.executable, "-m", "mlops.render", "fill", template, "--values", values, "-o", tmp_path / "out.json"],
+    result = subprocess.run([*MLOPS, "fill", template, "--values", values, "-o", tmp_path / "out.json"],
                             capture_output=True, text=True)
     assert result.returncode == 1 and "KmsKeyID (did you mean KmsKeyId?)" in result.stderr
     assert not (tmp_path / "out.json").exists()
@@ -321,7 +324,7 @@ def test_the_rules_examples_really_break_only_what_they_say():
 def test_validate_reports_invalid_json_with_line_and_column(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"Steps": [\n  {"Name": "A",}\n]}')
-    result = subprocess.run([sys.executable, "-m", "mlops.render", "validate", bad], capture_output=True, text=True)
+    result = subprocess.run([*MLOPS, "validate", bad], capture_output=True, text=True)
     assert result.returncode == 1 and "line 2" in result.stderr
 
 
@@ -335,7 +338,7 @@ def test_each_overlay_entry_cites_a_real_api_shape():
 
 def test_the_published_schema_alone_rejects_what_the_sdk_emits(monkeypatch):
     "Why there is an overlay: without it, our SDK-built templates fail the published schema."
-    import mlops.render as render_module
+    import mlops.definition.validate as render_module
     render_module.definition_schema.cache_clear()
     monkeypatch.setattr(render_module, "SCHEMA_OVERLAY", [])
     try:
@@ -347,7 +350,7 @@ def test_the_published_schema_alone_rejects_what_the_sdk_emits(monkeypatch):
 # --- render --check and dag ---------------------------------------------------------------------------------
 
 def test_check_passes_on_the_committed_templates_in_under_a_second_path(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "mlops.render", "render", "--check", "--out", TEMPLATES],
+    result = subprocess.run([*MLOPS, "render", "--check", "--out", TEMPLATES],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -374,12 +377,12 @@ def test_check_detects_a_changed_default_in_the_code(tmp_path):
 
 
 def test_dag_draws_both_pipelines_from_the_templates():
-    result = subprocess.run([sys.executable, "-m", "mlops.render", "dag", "--templates", TEMPLATES], capture_output=True, text=True)
+    result = subprocess.run([*MLOPS, "dag", "--templates", TEMPLATES], capture_output=True, text=True)
     assert result.returncode == 0
     assert "CheckQuality -->|false| QualityTooLow" in result.stdout and "BatchTransform --> ForecastReport" in result.stdout
-    one = subprocess.run([sys.executable, "-m", "mlops.render", "dag", "--pipeline", "deepar-inference", "--templates", TEMPLATES],
+    one = subprocess.run([*MLOPS, "dag", "--pipeline", "deepar-inference", "--templates", TEMPLATES],
                          capture_output=True, text=True)
     assert "title: DeepARBatchInference" in one.stdout and "DeepARTraining" not in one.stdout
-    unknown = subprocess.run([sys.executable, "-m", "mlops.render", "dag", "--pipeline", "nope", "--templates", TEMPLATES],
+    unknown = subprocess.run([*MLOPS, "dag", "--pipeline", "nope", "--templates", TEMPLATES],
                              capture_output=True, text=True)
     assert unknown.returncode == 1 and "choose one of" in unknown.stderr
