@@ -73,7 +73,8 @@ def main():
         first, _ = run(home, args)
         cached, second = run(home, args)
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from mlops.runner import Execution, Records
+        from mlops.engine.execution import Execution
+        from mlops.engine.records import Records
         records = Records(home / "runs.db")
         executions = records.executions(2)
         execution = Execution.load(executions[-1]["id"], home)

@@ -143,11 +143,12 @@ class ProgressView:
     def __exit__(self, *exc):
         if self.live: self.live.__exit__(*exc)
 
-    def __call__(self, event: dict):
-        if event["event"] == "log":
-            self.notes[event["step"]] = event["line"][:80]
+    def __call__(self, event):
+        if event.step is None: return
+        if event.kind == "step-log":
+            self.notes[event.step.name] = event.line[:80]
         else:
-            step = event["step"]
+            step = event.step
             changed = self.steps.get(step.name, (None,))[0] != step.status
             self.steps[step.name] = (step.status, step.started, step.ended, step.cached_from)
             if changed and not self.live:
@@ -182,14 +183,8 @@ def show_execution_summary(execution):
         table = Table(title="metrics", show_header=False, title_justify="left")
         for name, value in metrics.items(): table.add_row(name, f"{value:.4f}")
         console.print(table)
-    for step in execution.steps:
-        props = step.properties or {}
-        if step.type == "Condition": console.print(f"quality gate {step.name}: {'passed' if props.get('Outcome') else 'not passed'}")
-        if step.type == "RegisterModel" and "ModelPackageArn" in props:
-            console.print(f"registered model: {props['ModelPackageArn']} ({props.get('ModelApprovalStatus')})")
-        elif step.type == "Transform" and props.get("ModelPackageArn"):
-            console.print(f"model used: {props['ModelPackageArn']}")
-        if step.type == "Model" and "ModelName" in props: console.print(f"model: {props['ModelName']}")
+    for step in execution.steps:  # each step's one line, as its executor declares it
+        if summary := step.io.summary: console.print(f"{step.name}: {summary}", markup=False, soft_wrap=True)
     store = execution.home / "store"  # where the s3:// URIs of a local run live
     for step, named in execution.outputs.items():
         local = {k: store / v[len("s3://"):] for k, v in named.items() if v.startswith("s3://") and k != "report"}
@@ -211,16 +206,18 @@ def show_execution_summary(execution):
 def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, steps, reference):
     "Run a pipeline on this machine: the same definition as on SageMaker, no AWS, no Docker."
     import json
-    from mlops.runner import DefinitionNotRunnable, run as run_pipeline, run_definition
+    from mlops.engine import DefinitionNotRunnable
+    from mlops.engine.run import run_definition
+    from mlops.runner import run as run_pipeline
     options = dict(max_parallel=max_parallel, use_cache=not no_cache, resume=resume, reference=reference,
                    steps=[s.strip() for s in steps.split(",")] if steps else None)
     try:
         with ProgressView(console) as view:
             if definition is not None:
                 execution = run_definition(json.loads(definition.read_text()), _parse_parameters(parameters),
-                                           pipeline=definition.name.split(".")[0], on_event=view, **options)
+                                           pipeline=definition.name.split(".")[0], listeners=[view], **options)
             else:
-                execution = run_pipeline(pipeline, _parse_parameters(parameters), data, on_event=view, **options)
+                execution = run_pipeline(pipeline, _parse_parameters(parameters), data, listeners=[view], **options)
     except DefinitionNotRunnable as e:
         fail(str(e), 2)
     show_execution_summary(execution)
@@ -235,7 +232,7 @@ def _time(ts) -> str:
 @click.option("--limit", default=20, show_default=True)
 def runs(limit):
     "List local executions, newest first."
-    from mlops.runner import Records
+    from mlops.engine.records import Records
     table = Table("execution", "pipeline", "status", "started", "duration", "failure reason", title_justify="left")
     for e in Records(mlops_home() / "runs.db").executions(limit):
         duration = f"{e['ended'] - e['started']:.0f} s" if e["ended"] else ""
@@ -246,7 +243,7 @@ def runs(limit):
 @click.argument("execution_id")
 def status(execution_id):
     "Show the steps of an execution with timings and failure reasons."
-    from mlops.runner import Execution
+    from mlops.engine.execution import Execution
     try:
         execution = Execution.load(execution_id)
     except KeyError as e:
@@ -310,7 +307,7 @@ def _registry_call(function, *args):
 @click.argument("group", required=False)
 def models_list(group: str | None):
     "List registered model versions (of GROUP, or of every group) with approval status and metrics."
-    from mlops.tracking import model_versions
+    from mlops.tracking.registry import model_versions
     rows = _registry_call(model_versions, group)
     if not rows:
         console.print(f"no registered versions{f' of {group}' if group else ''}; a training run (`mlops run`) registers one.",
@@ -330,7 +327,7 @@ def _approval_command(name: str, status: str, help: str):
     @click.argument("group")
     @click.argument("version", type=int)
     def command(group: str, version: int):
-        from mlops.tracking import resolve_model_package, set_approval
+        from mlops.tracking.registry import resolve_model_package, set_approval
         row = _registry_call(set_approval, group, version, status)
         console.print(f"{group}/{version}: {row['previous_status']} → {row['status']}", markup=False)
         try:
@@ -351,7 +348,7 @@ models_reject = _approval_command("reject", "Rejected", "Reject GROUP's VERSION:
 def lineage(reference: str, output_format: str):
     "Where a model version (GROUP/VERSION or its ARN) or an execution came from: steps, channels, data, code."
     import json
-    from mlops.tracking import lineage as lineage_graph, lineage_mermaid, lineage_tree
+    from mlops.tracking.lineage import lineage as lineage_graph, lineage_mermaid, lineage_tree
     graph = _registry_call(lineage_graph, reference)
     if output_format == "json":
         click.echo(json.dumps(graph, indent=2, sort_keys=True))
@@ -366,7 +363,7 @@ def lineage(reference: str, output_format: str):
               help="interface to listen on; the store holds data paths and metrics, so expose it on purpose only")
 def ui(port: int, host: str):
     "Serve MLflow's UI over the local tracking store (runs, metrics, artifacts, registered models)."
-    from mlops.tracking import serve_ui, tracking_uri
+    from mlops.tracking.store import serve_ui, tracking_uri
     console.print(f"MLflow UI over {tracking_uri()} at http://{host}:{port} (Ctrl+C stops it)", markup=False, soft_wrap=True)
     sys.exit(serve_ui(port=port, host=host))
 

@@ -13,8 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .definition.parameters import ParameterError, coerce
+
 # %% auto #0
-__all__ = ['StepUsageError', 'declared_parameters', 'coerce_parameter', 'resolve_parameters', 'StepFailed', 'run_step', 'main']
+__all__ = ['StepUsageError', 'declared_parameters', 'resolve_parameters', 'StepFailed', 'run_step', 'main']
 
 # %% ../nbs/03_processing.ipynb #584b8abc
 class StepUsageError(ValueError):
@@ -35,25 +37,7 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict]:
         declared[name] = {"type": kind, "default": default}
     return declared
 
-# %% ../nbs/03_processing.ipynb #659ca1cb
-def coerce_parameter(name: str, value, kind: type | None):
-    "`value` (often a string from the command line) converted to the declared type `kind`."
-    if kind is None or not isinstance(value, str) or kind is str:
-        return value
-    try:
-        if kind is bool:
-            lowered = value.strip().lower()
-            if lowered not in {"true", "false", "1", "0", "yes", "no"}: raise ValueError(value)
-            return lowered in {"true", "1", "yes"}
-        if kind in (list, dict):
-            parsed = json.loads(value)
-            if not isinstance(parsed, kind): raise ValueError(value)
-            return parsed
-        return kind(value)
-    except ValueError:
-        raise StepUsageError(f"parameter {name!r} expects {kind.__name__}, got {value!r}.") from None
-
-# %% ../nbs/03_processing.ipynb #291b8089
+# %% ../nbs/03_processing.ipynb #798ba620
 def resolve_parameters(notebook: str | Path, given: dict) -> dict:
     "The given parameters converted to the notebook's declared types; an undeclared name is an error."
     declared = declared_parameters(notebook)
@@ -61,7 +45,10 @@ def resolve_parameters(notebook: str | Path, given: dict) -> dict:
     if unknown:
         raise StepUsageError(f"{Path(notebook).name} does not declare parameter{'s' if len(unknown) > 1 else ''} "
                              f"{', '.join(unknown)}; it declares: {', '.join(declared) or 'none'}.")
-    return {name: coerce_parameter(name, value, declared[name]["type"]) for name, value in given.items()}
+    try:
+        return {name: coerce(name, value, declared[name]["type"]) for name, value in given.items()}
+    except ParameterError as e:
+        raise StepUsageError(str(e)) from None
 
 # %% ../nbs/03_processing.ipynb #93c9d990
 class StepFailed(RuntimeError):
@@ -145,5 +132,5 @@ def main(argv: list[str] | None = None) -> int:
 
 # %% ../nbs/03_processing.ipynb #8c308637
 #| eval: false
-if __name__ == "__main__":
+if __name__ == "__main__" and "ipykernel" not in sys.modules:  # `python -m mlops.processing`, not a notebook's kernel
     sys.exit(main())

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import MLOPS, run_mlops
 from mlops.data import demo_data
-from mlops.runner import Execution, Records
+from mlops.engine.execution import Execution
+from mlops.engine.records import Records
 
 TINY = ["-p", "Epochs=1", "-p", "NumCells=8", "-p", "NumLayers=1", "-p", "MiniBatchSize=32", "-p", "NumEvalSamples=20",
         "-p", "PredictionLength=7", "-p", "ContextLength=14", "-p", "QualityThreshold=10"]
@@ -39,7 +40,7 @@ def trained(workspace) -> Execution:
     result = mlops(workspace, "run", "--data", workspace["root"] / "train.csv", *TINY)
     assert result.returncode == 0, result.stdout + result.stderr
     execution = latest(workspace)
-    assert "quality gate CheckQuality: passed" in result.stdout
+    assert "CheckQuality: outcome true" in result.stdout
     assert "registered model: arn:aws:sagemaker:local:000000000000:model-package/deepar-forecast/1" in " ".join(result.stdout.split())
     # where the channels, the state and the model landed: printed, and there
     shown = next(line for line in result.stdout.splitlines() if line.startswith("FeatureEngineering outputs: "))
@@ -148,7 +149,8 @@ def test_concurrent_runs_do_not_collide(workspace, trained):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
-    arns = {line.split()[2] for out, _ in outputs for line in out.splitlines() if line.startswith("registered model:")}
+    arns = {line.split("registered model: ", 1)[1].split()[0] for out, _ in outputs for line in out.splitlines()
+            if "registered model: " in line}
     assert len(arns) == 2  # two distinct model package versions
 
 
@@ -162,7 +164,7 @@ def test_unsupported_step_is_refused_up_front(workspace, tmp_path):
     assert result.returncode == 2
     message = " ".join(result.stderr.split())
     assert "step 'Spark' (EMR) is not supported locally" in message
-    assert "Supported steps: Processing with the mlops processing image" in message
+    assert "Supported steps: Processing: the mlops processing image" in message
 
 
 def test_logs_and_runs(workspace, trained):
@@ -178,7 +180,9 @@ def test_retry_policy_retries_a_retryable_failure(tmp_path):
     "A step whose process is killed (SageMaker.JOB_INTERNAL_ERROR) is retried as its RetryPolicies say; a code error is not."
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
-    from mlops.runner import MLOPS_ENTRYPOINT, LocalStore, run_definition
+    from mlops.engine.executors.processing import MLOPS_ENTRYPOINT
+    from mlops.engine.run import run_definition
+    from mlops.engine.store import LocalStore
     cells = [new_code_cell("marker = ''\nfail_with_error = False"),
              new_code_cell("import os, pathlib, signal\n"
                            "assert not fail_with_error, 'a bug in the step'\n"

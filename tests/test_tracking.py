@@ -15,7 +15,9 @@ import pytest
 
 from conftest import run_mlops
 from mlops.data import demo_data
-from mlops.runner import Execution, Records
+from mlops.engine.execution import Execution
+from mlops.engine.records import Records
+from mlops.tracking.lineage import execution_run
 
 TINY = ["-p", "Epochs=1", "-p", "NumCells=8", "-p", "NumLayers=1", "-p", "MiniBatchSize=32", "-p", "NumEvalSamples=20",
         "-p", "PredictionLength=7", "-p", "ContextLength=14", "-p", "QualityThreshold=10"]
@@ -70,7 +72,7 @@ def nested_runs(client, run) -> dict:
 
 
 def test_execution_is_an_mlflow_run_with_a_nested_run_per_step(workspace, trained, client):
-    run = client.get_run(trained.mlflow_run_id)
+    run = execution_run(trained.id, trained.home)
     assert run.info.run_name == trained.id and run.info.status == "FINISHED"
     assert run.data.params["Epochs"] == "1" and run.data.params["QualityThreshold"] == "10.0"
     tags = run.data.tags
@@ -111,14 +113,14 @@ def test_registry_holds_a_version_pending_manual_approval(trained, client):
     assert version.tags["ModelApprovalStatus"] == "PendingManualApproval"
     assert version.tags["mlops.execution_id"] == trained.id
     assert float(version.tags["metric.test_RMSE"]) == pytest.approx(trained.metrics["test:RMSE"])
-    train = nested_runs(client, client.get_run(trained.mlflow_run_id))["TrainDeepAR"]
+    train = nested_runs(client, execution_run(trained.id, trained.home))["TrainDeepAR"]
     assert version.run_id == train.info.run_id  # the source run holds model/model.tar.gz
     assert version.tags["ModelDataUrl"] == trained.outputs["TrainDeepAR"]["model"]
     assert trained.step("RegisterModel").properties["ModelApprovalStatus"] == "PendingManualApproval"
 
 
 def test_after_approval_the_inference_pipeline_picks_the_version(workspace, trained, client):
-    from mlops.tracking import model_versions
+    from mlops.tracking.registry import model_versions
     refused = mlops(workspace, "run", "--pipeline", "inference", "--data", workspace["root"] / "future.csv")
     assert refused.returncode == 1
     assert f"mlops models approve {GROUP} 1" in " ".join(refused.stderr.split())
@@ -144,13 +146,13 @@ def test_after_approval_the_inference_pipeline_picks_the_version(workspace, trai
     assert transform["ModelDataUrl"] == trained.outputs["TrainDeepAR"]["model"]
     # the feature state the model was trained with, from the version's metadata
     assert inference.parameters["FeatureStateUri"] == trained.outputs["FeatureEngineering"]["state"]
-    run = client.get_run(inference.mlflow_run_id)
+    run = execution_run(inference.id, inference.home)
     assert nested_runs(client, run)["BatchTransform"].data.params["ModelPackageArn"] == transform["ModelPackageArn"]
 
 
 def test_lineage_holds_the_input_file_sha256(workspace, trained):
     from rich.console import Console
-    from mlops.tracking import lineage, lineage_mermaid, lineage_tree
+    from mlops.tracking.lineage import lineage, lineage_mermaid, lineage_tree
     graph = lineage(f"{GROUP}/1", workspace["home"])
     assert json.loads(json.dumps(graph)) == graph  # plain JSON
     digest = sha256(workspace["root"] / "train.csv")
@@ -179,7 +181,8 @@ def test_lineage_holds_the_input_file_sha256(workspace, trained):
 
 
 def test_changed_data_makes_a_new_version_whose_lineage_differs_there(workspace, trained):
-    from mlops.tracking import lineage, reject, resolve_model_package
+    from mlops.tracking.lineage import lineage
+    from mlops.tracking.registry import reject, resolve_model_package
     result = mlops(workspace, "run", "--data", workspace["root"] / "changed.csv", *TINY)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"model-package/{GROUP}/2" in result.stdout
@@ -211,7 +214,7 @@ def test_a_tracking_failure_fails_the_run_clearly_and_keeps_the_records(workspac
 
 
 def test_ui_serves_the_store_on_loopback(workspace, trained):
-    from mlops.tracking import ui_command
+    from mlops.tracking.store import ui_command
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
