@@ -117,8 +117,9 @@ def test_python_values_are_validated_too():
         DeepARHyperparameters("D", True, 14, 5)
 
 
-def test_importing_the_module_loads_no_heavy_library():
-    code = ("import sys, mlops.deepar\n"
+def test_importing_the_package_and_its_modules_loads_no_heavy_library():
+    code = ("import sys, mlops.deepar, mlops.deepar.hyperparameters, mlops.deepar.channels, mlops.deepar.metrics, "
+            "mlops.deepar.engine, mlops.deepar.estimator, mlops.deepar.predictor, mlops.deepar.demo, mlops.deepar.__main__\n"
             "heavy = sorted(m for m in ('torch', 'gluonts', 'lightning', 'pytorch_lightning', 'mxnet') if m in sys.modules)\n"
             "print(','.join(heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
