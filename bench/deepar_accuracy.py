@@ -30,7 +30,10 @@ import numpy as np
 import pandas as pd
 
 from mlops.data import SeriesColumns, validate_series
-from mlops.deepar import DEFAULT_QUANTILES, forecast_metrics, read_channel, train
+from mlops.deepar.channels import read_channel
+from mlops.deepar.estimator import train
+from mlops.deepar.hyperparameters import DEFAULT_QUANTILES
+from mlops.deepar.metrics import forecast_metrics
 from mlops.features import build_features, min_series_length
 
 # season = points per year. Hyperparameters are SageMaker's names and strings. They were picked among a handful of

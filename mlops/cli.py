@@ -274,7 +274,10 @@ def logs(execution_id, step):
 def train_deepar(work_dir: Path | None, epochs: int, hyperparameters: tuple[str, ...], seed: int):
     "Train the local DeepAR on the demo data's channels; print each epoch's loss, the metrics and where the model is."
     from rich.markup import escape
-    from mlops.deepar import ChannelError, HyperparameterError, format_progress, train_demo
+    from mlops.deepar.channels import ChannelError
+    from mlops.deepar.demo import train_demo
+    from mlops.deepar.estimator import format_progress
+    from mlops.deepar.hyperparameters import HyperparameterError
     work_dir = work_dir or mlops_home() / "deepar"
     given = _parse_parameters(hyperparameters)
     try:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mlops.deepar import DeepARHyperparameters, HyperparameterError
+from mlops.deepar.hyperparameters import DeepARHyperparameters, HyperparameterError
 
 REQUIRED = {"time_freq": "D", "context_length": "28", "prediction_length": "14", "epochs": "20"}
 
@@ -117,8 +117,9 @@ def test_python_values_are_validated_too():
         DeepARHyperparameters("D", True, 14, 5)
 
 
-def test_importing_the_module_loads_no_heavy_library():
-    code = ("import sys, mlops.deepar\n"
+def test_importing_the_package_and_its_modules_loads_no_heavy_library():
+    code = ("import sys, mlops.deepar, mlops.deepar.hyperparameters, mlops.deepar.channels, mlops.deepar.metrics, "
+            "mlops.deepar.engine, mlops.deepar.estimator, mlops.deepar.predictor, mlops.deepar.demo, mlops.deepar.__main__\n"
             "heavy = sorted(m for m in ('torch', 'gluonts', 'lightning', 'pytorch_lightning', 'mxnet') if m in sys.modules)\n"
             "print(','.join(heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -133,9 +134,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mlops.deepar import (ChannelError, DataSettings, InferenceConfiguration, InferenceRequestError, Series,
-                          check_series, forecast_metrics, main, predict, read_channel, resolve_data_settings, train,
-                          transform, write_metrics)
+from mlops.deepar.__main__ import main
+from mlops.deepar.channels import ChannelError, DataSettings, check_series, read_channel, resolve_data_settings
+from mlops.deepar.estimator import train
+from mlops.deepar.metrics import forecast_metrics, write_metrics
+from mlops.deepar.predictor import InferenceConfiguration, InferenceRequestError, predict, transform
 
 HORIZON = 7
 TINY = {"time_freq": "D", "context_length": "14", "prediction_length": str(HORIZON), "epochs": "1", "num_cells": "8",
@@ -217,7 +220,7 @@ def test_empty_or_missing_channel(tmp_path, make, message):
 
 
 def parsed(records, name="train.json"):
-    from mlops.deepar import parse_record
+    from mlops.deepar.channels import parse_record
     return [parse_record(r, f"{name}, line {k}") for k, r in enumerate(records, start=1)]
 
 
@@ -514,7 +517,7 @@ def run_module(*args, env=None, cwd=None):
 def test_a_fresh_process_loads_the_artifact_and_answers_alike(trained, tmp_path):
     request = request_for(trained["records"][:2], num_samples=10, output_types=["mean", "quantiles"], quantiles=["0.5"])
     (tmp_path / "request.json").write_text(json.dumps(request))
-    code = ("import json, sys; from mlops.deepar import predict\n"
+    code = ("import json, sys; from mlops.deepar.predictor import predict\n"
             "print(json.dumps(predict(sys.argv[1], open(sys.argv[2]).read())))")
     result = subprocess.run([sys.executable, "-c", code, trained["model"], tmp_path / "request.json"],
                             capture_output=True, text=True, cwd=tmp_path)

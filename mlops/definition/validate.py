@@ -284,7 +284,7 @@ def _is_deepar(arguments: dict) -> bool:
 
 def deepar_errors(definition: dict) -> list[DefinitionError]:
     "Problems of the DeepAR hyperparameters (defaults of the parameters they come from) by DeepAR's own rules."
-    from mlops.deepar import DeepARHyperparameters, HyperparameterError
+    from mlops.deepar.hyperparameters import DeepARHyperparameters, HyperparameterError
     defaults = {p.get("Name"): (i, p.get("DefaultValue")) for i, p in enumerate(definition.get("Parameters", [])) if isinstance(p, dict)}
     errors = []
     for pointer, step in [(s.pointer, s.step) for s in located_steps(definition)]:
