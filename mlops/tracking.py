@@ -126,7 +126,7 @@ def content_sha256(path: str | Path) -> str | None:
 # %% ../nbs/08_tracking.ipynb #2380ca5c
 def data_facts(path: str | Path, uri: str | None = None) -> dict:
     "Path, sha256, rows and items of an input data file (or of the one data file in a folder)."
-    from mlops.data import SeriesColumns, read_table
+    from mlops.data.series import SeriesColumns, read_table
     path = Path(path)
     facts = {"uri": uri or str(path), "path": str(path), "sha256": content_sha256(path), "rows": None, "items": None}
     try:

@@ -195,7 +195,7 @@ def test_forecast_report_runs_standalone(tmp_path):
 
 def test_forecast_report_reads_the_frequency_from_a_real_feature_state(tmp_path):
     "Feature engineering in train mode writes the state; the report takes its (weekly) frequency from it."
-    from mlops.data import demo_data
+    from mlops.data.demo import demo_data
     data = demo_data(n_items=3, periods=60).assign(timestamp=lambda d: pd.to_datetime(d["timestamp"]))
     weekly = data.groupby(["item_id", pd.Grouper(key="timestamp", freq="W")], as_index=False).agg(
         target=("target", "sum"), store=("store", "first"), category=("category", "first"), promo=("promo", "max"))

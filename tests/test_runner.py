@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MLOPS, run_mlops
-from mlops.data import demo_data
+from mlops.data.demo import demo_data
 from mlops.runner import Execution, Records
 
 TINY = ["-p", "Epochs=1", "-p", "NumCells=8", "-p", "NumLayers=1", "-p", "MiniBatchSize=32", "-p", "NumEvalSamples=20",
