@@ -19,7 +19,7 @@ __all__ = ['TRAINING_PIPELINE', 'INFERENCE_PIPELINE', 'PROCESSING_ENTRYPOINT', '
            'DEEPAR_INFERENCE_CONFIG', 'CACHE_EXPIRE_AFTER', 'PIPELINES', 'hyperparameter_parameter', 'NetworkAttempt',
            'offline_aws', 'pipeline_session', 'hyperparameter_parameters', 'cache_config', 'retry_policies',
            'step_output_uri', 'notebook_step', 'training_pipeline', 'inference_pipeline', 'pipeline_definitions',
-           'step_edges', 'all_steps', 'mermaid', 'write_demo_transform_output']
+           'step_edges', 'all_steps', 'mermaid']
 
 # %% ../nbs/05_pipelines.ipynb #e1bd778c
 TRAINING_PIPELINE = "DeepARTraining"
@@ -383,24 +383,3 @@ def mermaid(definition: dict, title: str | None = None) -> str:
     for source, target, label in step_edges(definition):
         lines.append(f"    {source} -->|{label}| {target}" if label else f"    {source} --> {target}")
     return "\n".join(lines) + "\n"
-
-# %% ../nbs/05_pipelines.ipynb #9b17e1e2
-def write_demo_transform_output(folder: str | Path, n_items: int = 3, prediction_length: int = FORECAST.prediction_length,
-                                forecast_start: str = "2024-01-01", seed: int = 0) -> tuple[Path, Path]:
-    "Write a tiny DeepAR batch transform output (`transform/requests.jsonl.out`) and its index (`index/items.csv`); return both folders."
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    folder = Path(folder)
-    transform_dir, index_dir = folder / "transform", folder / "index"
-    transform_dir.mkdir(parents=True, exist_ok=True); index_dir.mkdir(parents=True, exist_ok=True)
-    quantiles = DEEPAR_INFERENCE_CONFIG["quantiles"]
-    lines, index = [], ["item_id,forecast_start"]
-    for item in range(n_items):
-        mean = 10 + 5 * item + np.sin(np.arange(prediction_length) * 2 * np.pi / 7) + rng.normal(0, 0.3, prediction_length)
-        spread = {q: (float(q) - 0.5) * 4 for q in quantiles}
-        lines.append(json.dumps({"mean": np.round(mean, 3).tolist(),
-                                 "quantiles": {q: np.round(mean + spread[q], 3).tolist() for q in quantiles}}))
-        index.append(f"item_{item},{forecast_start}")
-    (transform_dir / "requests.jsonl.out").write_text("\n".join(lines) + "\n")
-    (index_dir / "items.csv").write_text("\n".join(index) + "\n")
-    return transform_dir, index_dir

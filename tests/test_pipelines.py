@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from mlops.config import DEEPAR_HYPERPARAMETERS, FORECAST, project_root, step_notebook
-from mlops.pipelines import (PROCESSING_ENTRYPOINT, QUALITY_METRIC, hyperparameter_parameter, step_edges,
-                             write_demo_transform_output)
+from mlops.data.demo import write_demo_transform_output
+from mlops.pipelines import PROCESSING_ENTRYPOINT, QUALITY_METRIC, hyperparameter_parameter, step_edges
 from mlops.processing import declared_parameters
 from mlops.render import TEMPLATE_FILES, all_steps
 
