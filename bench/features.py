@@ -1,7 +1,7 @@
 """Benchmark: writing DeepAR train + test JSON Lines for N items × T daily points.
 
 Measured side by side in one run:
-  (a) mlops.features: fit the state, encode all items at once, one orjson call per record;
+  (a) mlops.data.features: fit the state, encode all items at once, one orjson call per record;
   (b) the straightforward per-series way of SageMaker's public DeepAR example notebooks: loop over items,
       pandas slicing per series, their `encode_target` (NaN → "NaN" per value), one `json.dumps` per record;
   (c) the floor: the same encoder as (a) serializing records whose Python lists are already prepared.
@@ -22,8 +22,9 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from mlops.data import SeriesColumns, TimeSeriesTable
-from mlops.features import _write_atomic, build_features
+from mlops.data.features import build_features
+from mlops.data.series import SeriesColumns, TimeSeriesTable
+from mlops.files import atomic_write
 
 PREDICTION_LENGTH, CONTEXT_LENGTH, TEST_WINDOWS = 14, 28, 1
 COLUMNS = SeriesColumns(static_cat=("store", "category"), dynamic_real=("promo",))
@@ -96,8 +97,8 @@ def prepared_records(table: TimeSeriesTable) -> tuple[list[dict], list[dict]]:
 
 def floor(train: list[dict], test: list[dict], out: Path) -> None:
     option = orjson.OPT_APPEND_NEWLINE
-    _write_atomic(out / "train" / "train.json", b"".join(orjson.dumps(r, option=option) for r in train))
-    _write_atomic(out / "test" / "test.json", b"".join(orjson.dumps(r, option=option) for r in test))
+    atomic_write(out / "train" / "train.json", b"".join(orjson.dumps(r, option=option) for r in train))
+    atomic_write(out / "test" / "test.json", b"".join(orjson.dumps(r, option=option) for r in test))
 
 
 def timed(fn, *args, repeat: int = 1) -> float:
@@ -138,7 +139,7 @@ def main():
         ours(table, tmp / "m")
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    print(f"(a) mlops.features          {t_a:8.2f} s")
+    print(f"(a) mlops.data.features     {t_a:8.2f} s")
     print(f"(b) per-series json.dumps   {t_b:8.2f} s")
     print(f"(c) floor: orjson on lists  {t_c:8.2f} s")
     print(f"a/b = {t_a / t_b:.3f}  ({t_b / t_a:.1f}× faster than the per-series loop; target ≥ 10×)")

@@ -48,7 +48,7 @@ def main():
 @click.option("--seed", default=42, show_default=True)
 def demo_data_command(path: Path, items: int, periods: int, future_periods: int, seed: int):
     "Write the deterministic demo dataset (daily retail demand) to PATH as CSV."
-    from mlops.data import write_demo_data
+    from mlops.data.demo import write_demo_data
     write_demo_data(path, n_items=items, periods=periods, future_periods=future_periods, seed=seed)
     console.print(f"wrote {items} items × {periods + future_periods} days of demo data to [bold]{path}[/]")
 

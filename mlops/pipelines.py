@@ -18,8 +18,7 @@ from .config import DEEPAR_HYPERPARAMETERS, FORECAST, TEMPLATE_KEYS
 __all__ = ['TRAINING_PIPELINE', 'INFERENCE_PIPELINE', 'PROCESSING_ENTRYPOINT', 'PROCESSING_ROOT', 'CODE_DIR', 'QUALITY_METRIC',
            'DEEPAR_INFERENCE_CONFIG', 'CACHE_EXPIRE_AFTER', 'PIPELINES', 'hyperparameter_parameter', 'NetworkAttempt',
            'offline_aws', 'pipeline_session', 'hyperparameter_parameters', 'cache_config', 'retry_policies',
-           'step_output_uri', 'notebook_step', 'training_pipeline', 'inference_pipeline', 'pipeline_definitions',
-           'write_demo_transform_output']
+           'step_output_uri', 'notebook_step', 'training_pipeline', 'inference_pipeline', 'pipeline_definitions']
 
 # %% ../nbs/05_pipelines.ipynb #e1bd778c
 TRAINING_PIPELINE = "DeepARTraining"
@@ -336,24 +335,3 @@ def pipeline_definitions(resources: dict | None = None) -> dict[str, dict]:
                 return {name: json.loads(build(resources, session).definition()) for name, build in PIPELINES.items()}
     finally:
         logging.disable(disabled)
-
-# %% ../nbs/05_pipelines.ipynb #9b17e1e2
-def write_demo_transform_output(folder: str | Path, n_items: int = 3, prediction_length: int = FORECAST.prediction_length,
-                                forecast_start: str = "2024-01-01", seed: int = 0) -> tuple[Path, Path]:
-    "Write a tiny DeepAR batch transform output (`transform/requests.jsonl.out`) and its index (`index/items.csv`); return both folders."
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    folder = Path(folder)
-    transform_dir, index_dir = folder / "transform", folder / "index"
-    transform_dir.mkdir(parents=True, exist_ok=True); index_dir.mkdir(parents=True, exist_ok=True)
-    quantiles = DEEPAR_INFERENCE_CONFIG["quantiles"]
-    lines, index = [], ["item_id,forecast_start"]
-    for item in range(n_items):
-        mean = 10 + 5 * item + np.sin(np.arange(prediction_length) * 2 * np.pi / 7) + rng.normal(0, 0.3, prediction_length)
-        spread = {q: (float(q) - 0.5) * 4 for q in quantiles}
-        lines.append(json.dumps({"mean": np.round(mean, 3).tolist(),
-                                 "quantiles": {q: np.round(mean + spread[q], 3).tolist() for q in quantiles}}))
-        index.append(f"item_{item},{forecast_start}")
-    (transform_dir / "requests.jsonl.out").write_text("\n".join(lines) + "\n")
-    (index_dir / "items.csv").write_text("\n".join(index) + "\n")
-    return transform_dir, index_dir

@@ -54,7 +54,7 @@ def local_definition(pipeline: str = "training", templates_dir: str | Path | Non
 def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: Path, data: str | Path | None = None) -> dict:
     "Put the step notebooks and the input data in the local store; return the parameter overrides this implies."
     from mlops.config import FORECAST, notebooks_dir
-    from mlops.data import write_demo_data
+    from mlops.data.demo import write_demo_data
     store, overrides = LocalStore(home / "store"), dict(parameters)
     code = local_values()["CodeLocation"]
     for notebook in notebooks_dir().glob("*.ipynb"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops.data import demo_data
+from mlops.data.demo import demo_data
 
 MLOPS = [str(Path(sys.executable).parent / "mlops")]  # the installed console script, as a user runs it
 

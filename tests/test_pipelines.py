@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from mlops.config import DEEPAR_HYPERPARAMETERS, FORECAST, project_root, step_notebook
-from mlops.pipelines import (PROCESSING_ENTRYPOINT, QUALITY_METRIC, hyperparameter_parameter,
-                             write_demo_transform_output)
+from mlops.data.demo import write_demo_transform_output
+from mlops.pipelines import PROCESSING_ENTRYPOINT, QUALITY_METRIC, hyperparameter_parameter
 from mlops.processing import declared_parameters
 from mlops.definition.graph import all_steps, step_edges
 from mlops.render import TEMPLATE_FILES
@@ -196,7 +196,7 @@ def test_forecast_report_runs_standalone(tmp_path):
 
 def test_forecast_report_reads_the_frequency_from_a_real_feature_state(tmp_path):
     "Feature engineering in train mode writes the state; the report takes its (weekly) frequency from it."
-    from mlops.data import demo_data
+    from mlops.data.demo import demo_data
     data = demo_data(n_items=3, periods=60).assign(timestamp=lambda d: pd.to_datetime(d["timestamp"]))
     weekly = data.groupby(["item_id", pd.Grouper(key="timestamp", freq="W")], as_index=False).agg(
         target=("target", "sum"), store=("store", "first"), category=("category", "first"), promo=("promo", "max"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlops.config import notebooks_dir
-from mlops.data import demo_data
+from mlops.data.demo import demo_data
 
 STEP_NOTEBOOKS = sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
 

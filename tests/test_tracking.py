@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_mlops
-from mlops.data import demo_data
+from mlops.data.demo import demo_data
 from mlops.engine.execution import Execution
 from mlops.engine.records import Records
 from mlops.tracking.lineage import execution_run

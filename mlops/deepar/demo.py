@@ -40,8 +40,9 @@ def toy_channels(folder: str | Path, n: int = 6, length: int = 40, horizon: int 
 def demo_channels(channels_dir: str | Path, prediction_length: int | None = None, context_length: int | None = None) -> dict:
     "Write the demo data's train and test channels under `channels_dir` (train/, test/); return the features summary."
     from mlops.config import FORECAST
-    from mlops.data import DEMO_COLUMNS, demo_data, validate_series
-    from mlops.features import build_features, min_series_length
+    from mlops.data.demo import DEMO_COLUMNS, demo_data
+    from mlops.data.series import validate_series
+    from mlops.data.features import build_features, min_series_length
     prediction_length = prediction_length or FORECAST.prediction_length
     context_length = context_length or FORECAST.context_length
     table = validate_series(demo_data(), DEMO_COLUMNS, freq=FORECAST.freq,

@@ -28,7 +28,7 @@ def code_version(root: str | Path | None = None) -> dict:
 
 def data_facts(path: str | Path, uri: str | None = None) -> dict:
     "Path, sha256, rows and items of an input data file (or of the one data file in a folder)."
-    from mlops.data import SeriesColumns, read_table
+    from mlops.data.series import SeriesColumns, read_table
     path = Path(path)
     facts = {"uri": uri or str(path), "path": str(path), "sha256": sha256(path), "rows": None, "items": None}
     try:
