@@ -458,7 +458,8 @@ def dag(pipeline: str | None, templates_dir: Path):
 def deploy(values_path: Path, pipeline: str | None, templates_dir: Path | None, endpoint_url: str | None):
     "Create or update the pipelines on SageMaker from the templates and a values file; prints each pipeline's ARN."
     from rich.markup import escape
-    from mlops.remote import RemoteError, deploy as deploy_pipelines
+    from mlops.remote.aws import RemoteError
+    from mlops.remote.deploy import deploy as deploy_pipelines
     try:
         with err_console.status("deploying…"):
             outcomes = deploy_pipelines(values_path, pipeline, endpoint_url, templates_dir,
@@ -476,9 +477,13 @@ def deploy(values_path: Path, pipeline: str | None, templates_dir: Path | None, 
 def start(pipeline: str, parameters: tuple[str, ...], endpoint_url: str | None):
     "Start an execution of a deployed PIPELINE; prints the execution ARN (for `mlops watch`)."
     from rich.markup import escape
-    from mlops.remote import RemoteError, parse_assignments, start as start_execution
+    from mlops.definition.parameters import ParameterError, parse_assignments
+    from mlops.remote.aws import RemoteError
+    from mlops.remote.executions import start as start_execution
     try:
-        arn = start_execution(pipeline, parse_assignments(list(parameters)), endpoint_url)
+        arn = start_execution(pipeline, parse_assignments(parameters), endpoint_url)
+    except ParameterError as e:
+        fail(escape(str(e)), 2)
     except RemoteError as e:
         fail(escape(str(e)), e.exit_code)
     console.print(arn, markup=False, soft_wrap=True)
@@ -489,7 +494,8 @@ def start(pipeline: str, parameters: tuple[str, ...], endpoint_url: str | None):
 def watch(arn: str, endpoint_url: str | None):
     "Follow a pipeline execution until it ends. Exit code: 0 succeeded, 1 failed, 3 stopped, 2 could not watch."
     from rich.markup import escape
-    from mlops.remote import RemoteError, watch as watch_execution
+    from mlops.remote.aws import RemoteError
+    from mlops.remote.executions import watch as watch_execution
     try:
         code = watch_execution(arn, endpoint_url, console=err_console)
     except RemoteError as e:
