@@ -1,8 +1,9 @@
-"""`deploy`, `start` and `watch` against a real `moto_server` process on 127.0.0.1.
+"""`mlops deploy`, `start` and `watch` against a real `moto_server` process on 127.0.0.1.
 
-Every command runs as the real command line (`python -m mlops.remote ...`) in a fresh process,
-with dummy credentials. The server records every request it receives (moto's recorder), so the
-tests can tell which API calls a command made, not only what it printed.
+Every command runs as a user runs it: the installed `mlops` console script
+(`mlops deploy|start|watch ... --endpoint-url URL`) in a fresh process, with dummy credentials.
+The server records every request it receives (moto's recorder), so the tests can tell which API
+calls a command made, not only what it printed.
 """
 import hashlib
 import json
@@ -18,6 +19,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from conftest import MLOPS
 from mlops.config import TEMPLATE_KEYS, project_root, step_notebook
 from mlops.definition.templates import example_values
 from mlops.render import TEMPLATE_FILES
@@ -65,8 +67,8 @@ class MotoServer:
         return found
 
     def run(self, *args, env=None, endpoint=True) -> subprocess.CompletedProcess:
-        "`python -m mlops.remote ARGS --endpoint-url URL` in a fresh process, from the repository root."
-        argv = [sys.executable, "-m", "mlops.remote", *map(str, args)]
+        "`mlops ARGS --endpoint-url URL` in a fresh process, from the repository root."
+        argv = [*MLOPS, *map(str, args)]
         if endpoint:
             argv += ["--endpoint-url", self.url]
         return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env or self.env, timeout=120)
