@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['atomic_write', 'atomic_replace', 'staging_path', 'sha256', 'text_sha256', 'git_state', 'git_commit']
+__all__ = ['atomic_write', 'atomic_replace', 'staging_path', 'found_file', 'sha256', 'text_sha256', 'git_state', 'git_commit']
 
 # %% ../nbs/01_files.ipynb #30a82deb
 def atomic_write(path: str | Path, data: bytes | str) -> Path:
@@ -49,6 +49,14 @@ def staging_path(target: str | Path) -> Path:
     "A fresh temporary sibling of `target`, for content that `atomic_replace` moves into place."
     target = Path(target)
     return target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+# %% ../nbs/01_files.ipynb #0aed0cd5
+def found_file(path: str | Path, name: str, missing: str) -> Path:
+    "`path`, or `path/name` when `path` is a folder; FileNotFoundError '<that path>: <missing>' when there is no such file."
+    path = Path(path)
+    if path.is_dir(): path = path / name
+    if not path.is_file(): raise FileNotFoundError(f"{path}: {missing}")
+    return path
 
 # %% ../nbs/01_files.ipynb #43bc0e75
 def _update(sha, file: Path):

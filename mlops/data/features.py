@@ -14,7 +14,7 @@ import orjson
 import pandas as pd
 
 from .series import SeriesColumns, TimeSeriesTable, DataValidationError
-from ..files import atomic_write
+from ..files import atomic_write, found_file
 
 # %% auto #0
 __all__ = ['STATE_FORMAT_VERSION', 'FeatureState', 'fit_feature_state', 'EncodedSeries', 'encode_series', 'deepar_json_lines',
@@ -63,11 +63,8 @@ class FeatureState:
     @classmethod
     def load(cls, path: str | Path) -> "FeatureState":
         "Read a state written by `save` (a file, or the folder holding `feature_state.json`)."
-        path = Path(path)
-        if path.is_dir(): path = path / "feature_state.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: feature state not found. Fix: pass the state/ output of a train-mode "
-                                    "feature engineering run (it holds feature_state.json).")
+        path = found_file(path, "feature_state.json", "feature state not found. Fix: pass the state/ output of a train-mode "
+                          "feature engineering run (it holds feature_state.json).")
         try:
             data = json.loads(path.read_text())
             if data.get("format_version") != STATE_FORMAT_VERSION:

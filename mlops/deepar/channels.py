@@ -141,15 +141,20 @@ class DataSettings:
     cardinality: tuple[int, ...] = ()  # one entry per categorical feature used; () = no `cat`
     num_dynamic_feat: int = 0  # 0 = no `dynamic_feat`
 
+def _in_all_or_none(series: Sequence[Series], field: str, what: str, setting: str) -> list[Series]:
+    "The series that have `field`; ChannelError when some have it and others do not."
+    having = [s for s in series if getattr(s, field) is not None]
+    if having and len(having) != len(series):
+        s = next(s for s in series if getattr(s, field) is None)
+        raise ChannelError(f"{s.where}: this series has no \"{field}\" but others have. Fix: give every series its {what}, "
+                           f"or set {setting} to ignore.")
+    return having
+
 def resolve_data_settings(hp: DeepARHyperparameters, series: Sequence[Series]) -> DataSettings:
     "Cardinality and number of dynamic features: inferred from the train channel (`auto`), dropped, or checked."
     cardinality: tuple[int, ...] = ()
     if hp.uses_cat:
-        with_cat = [s for s in series if s.cat is not None]
-        if with_cat and len(with_cat) != len(series):
-            s = next(s for s in series if s.cat is None)
-            raise ChannelError(f"{s.where}: this series has no \"cat\" but others have. Fix: give every series its categories, "
-                               "or set cardinality to ignore.")
+        with_cat = _in_all_or_none(series, "cat", "categories", "cardinality")
         widths = {len(s.cat) for s in with_cat}
         if len(widths) > 1:
             s = next(s for s in with_cat if len(s.cat) != len(with_cat[0].cat))
@@ -164,11 +169,7 @@ def resolve_data_settings(hp: DeepARHyperparameters, series: Sequence[Series]) -
                                    "Fix: add the categories, or set cardinality to auto.")
     dynamic = 0
     if hp.uses_dynamic_feat:
-        with_dynamic = [s for s in series if s.dynamic_feat is not None]
-        if with_dynamic and len(with_dynamic) != len(series):
-            s = next(s for s in series if s.dynamic_feat is None)
-            raise ChannelError(f"{s.where}: this series has no \"dynamic_feat\" but others have. Fix: give every series its "
-                               "dynamic features, or set num_dynamic_feat to ignore.")
+        with_dynamic = _in_all_or_none(series, "dynamic_feat", "dynamic features", "num_dynamic_feat")
         dynamic = len(with_dynamic[0].dynamic_feat) if with_dynamic else 0
         if hp.num_dynamic_feat != "auto":
             dynamic = hp.num_dynamic_feat

@@ -19,7 +19,7 @@ from .channels import ChannelError, DataSettings, Series, channel_files, check_s
 from .engine import ARTIFACT_FORMAT, forecast_samples, gluonts_entry, quiet, seeded
 from .hyperparameters import DEFAULT_QUANTILES, DeepARHyperparameters
 from .metrics import quantile_label
-from ..files import atomic_write
+from ..files import atomic_write, found_file
 
 # %% auto #0
 __all__ = ['DEFAULT_INFERENCE_CONFIG', 'OUTPUT_TYPES', 'INFERENCE_CONFIG_ENV', 'InferenceRequestError', 'InferenceConfiguration',
@@ -94,11 +94,8 @@ class DeepARPredictor:
     @classmethod
     def load(cls, model: str | Path) -> "DeepARPredictor":
         "Load `model.tar.gz` (or the folder holding it) into a predictor."
-        archive = Path(model)
-        if archive.is_dir(): archive = archive / "model.tar.gz"
-        if not archive.is_file():
-            raise FileNotFoundError(f"{archive}: no model artifact. Fix: pass the model folder of a local DeepAR training run "
-                                    "(it holds model.tar.gz).")
+        archive = found_file(model, "model.tar.gz", "no model artifact. Fix: pass the model folder of a local DeepAR "
+                             "training run (it holds model.tar.gz).")
         with quiet(), tempfile.TemporaryDirectory(prefix="mlops-deepar-model-") as unpacked:
             from gluonts.torch.model.predictor import PyTorchPredictor
             with tarfile.open(archive, "r:gz") as tar:

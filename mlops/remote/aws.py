@@ -9,7 +9,7 @@ import os
 from contextlib import contextmanager
 
 # %% auto #0
-__all__ = ['RemoteError', 'describe_endpoint', 'is_not_found', 'aws_errors', 'endpoint_overridden', 'aws_client']
+__all__ = ['RemoteError', 'describe_endpoint', 'is_not_found', 'describe', 'aws_errors', 'endpoint_overridden', 'aws_client']
 
 # %% ../../nbs/remote/01_aws.ipynb #9bf62833
 class RemoteError(RuntimeError):
@@ -28,6 +28,16 @@ def is_not_found(error) -> bool:
     code, message = error.response.get("Error", {}).get("Code", ""), error.response.get("Error", {}).get("Message", "")
     return code in {"ResourceNotFound", "ResourceNotFoundException"} or (
         code == "ValidationException" and any(s in message.lower() for s in ("could not find", "does not exist")))
+
+# %% ../../nbs/remote/01_aws.ipynb #95bcfad1
+def describe(call, missing: str, **request) -> dict:
+    "`call(**request)`; a 'not found' answer becomes `RemoteError(missing)`, any other error goes on."
+    from botocore.exceptions import ClientError
+    try:
+        return call(**request)
+    except ClientError as e:
+        if not is_not_found(e): raise
+        raise RemoteError(missing) from None
 
 # %% ../../nbs/remote/01_aws.ipynb #ab543ef5
 _CREDENTIAL_CODES = {"ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException",

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 
 from ..definition.graph import all_steps
 from ..definition.parameters import ParameterError, execution_parameters
-from .aws import RemoteError, aws_client, aws_errors, describe_endpoint, is_not_found
+from .aws import RemoteError, aws_client, aws_errors, describe, describe_endpoint
 
 # %% auto #0
 __all__ = ['TERMINAL_STATUSES', 'STATUS_STYLES', 'start', 'exit_code', 'backoff', 'latest_steps', 'progress_table',
@@ -20,15 +20,10 @@ __all__ = ['TERMINAL_STATUSES', 'STATUS_STYLES', 'start', 'exit_code', 'backoff'
 # %% ../../nbs/remote/03_executions.ipynb #d1f37ee1
 def start(pipeline: str, parameters: dict[str, str] | None = None, endpoint_url: str | None = None) -> str:
     "Start an execution of the deployed `pipeline` with `parameters` (name → string value); its ARN."
-    from botocore.exceptions import ClientError
     sagemaker = aws_client("sagemaker", endpoint_url)
     with aws_errors(endpoint_url):
-        try:
-            stored = sagemaker.describe_pipeline(PipelineName=pipeline)
-        except ClientError as e:
-            if not is_not_found(e): raise
-            raise RemoteError(f"no pipeline named {pipeline!r} at {describe_endpoint(endpoint_url)}. "
-                              "Fix: run `mlops deploy` first, or use the name it printed.") from None
+        stored = describe(sagemaker.describe_pipeline, f"no pipeline named {pipeline!r} at {describe_endpoint(endpoint_url)}. "
+                          "Fix: run `mlops deploy` first, or use the name it printed.", PipelineName=pipeline)
         try:
             pipeline_parameters = execution_parameters(json.loads(stored["PipelineDefinition"]), parameters or {}, pipeline)
         except ParameterError as e:
@@ -130,12 +125,9 @@ def watch(execution_arn: str, endpoint_url: str | None = None, first_poll: float
     console = console or Console(stderr=True, highlight=False)
     sagemaker = aws_client("sagemaker", endpoint_url)
     with aws_errors(endpoint_url):
-        try:
-            execution = sagemaker.describe_pipeline_execution(PipelineExecutionArn=execution_arn)
-        except ClientError as e:
-            if not is_not_found(e): raise
-            raise RemoteError(f"no pipeline execution {execution_arn} at {describe_endpoint(endpoint_url)}. "
-                              "Fix: use the ARN `mlops start` printed, with the same endpoint and region.") from None
+        execution = describe(sagemaker.describe_pipeline_execution, f"no pipeline execution {execution_arn} at "
+                             f"{describe_endpoint(endpoint_url)}. Fix: use the ARN `mlops start` printed, with the same "
+                             "endpoint and region.", PipelineExecutionArn=execution_arn)
         try:  # the steps to show before any has started; the view works without them
             definition = json.loads(sagemaker.describe_pipeline_definition_for_execution(
                 PipelineExecutionArn=execution_arn)["PipelineDefinition"])
