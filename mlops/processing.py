@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .definition.parameters import ParameterError, coerce
+from .files import atomic_replace
 
 # %% auto #0
 __all__ = ['StepUsageError', 'declared_parameters', 'resolve_parameters', 'StepFailed', 'run_step', 'main']
@@ -87,7 +88,7 @@ def run_step(notebook: str | Path, output_notebook: str | Path, parameters: dict
         message = " ".join(str(e.evalue).split())
         raise StepFailed(f"{notebook.name} failed in cell {e.exec_count}: {e.ename}: {message}") from None
     finally:
-        if partial.exists(): os.replace(partial, output_notebook)
+        if partial.exists(): atomic_replace(partial, output_notebook)
     return output_notebook
 
 # %% ../nbs/03_processing.ipynb #30f906c8

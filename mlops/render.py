@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import re
 import sys
@@ -154,15 +153,15 @@ def render_inputs_digest() -> str:
     "SHA-256 of everything that affects the rendered templates: the package's modules rendering uses, and the versions it builds with."
     import importlib.metadata
     import mlops
-    root, digest = Path(mlops.__file__).parent, hashlib.sha256()
+    root, parts = Path(mlops.__file__).parent, []
     for path in imported_modules():
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + sha256(path).encode() + b"\0")
+        parts.append(f"{path.relative_to(root).as_posix()} {sha256(path)}")
     for package in _FINGERPRINT_PACKAGES:
         try: version = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError: version = "absent"
-        digest.update(f"{package}=={version}\0".encode())
-    digest.update(f"python {sys.version_info.major}.{sys.version_info.minor}".encode())
-    return digest.hexdigest()
+        parts.append(f"{package}=={version}")
+    parts.append(f"python {sys.version_info.major}.{sys.version_info.minor}")
+    return text_sha256("\n".join(parts))
 
 def render_artifacts() -> dict[str, str]:
     "Every file of templates/ (name → text): both templated definitions, keys.json, cloudformation.yaml, fingerprint.json."

@@ -5,13 +5,12 @@
 # %% ../../nbs/engine/04_cache.ipynb #12652fd5
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 
 from . import DefinitionNotRunnable
-from ..files import sha256
+from ..files import sha256, text_sha256
 
 # %% auto #0
 __all__ = ['duration_seconds', 'code_digest', 'with_input_digests', 'cache_key']
@@ -43,4 +42,4 @@ def cache_key(pipeline: str, step: str, step_type: str, symbolic_arguments: dict
     "The step's cache key: pipeline, step, type, code, and its arguments with inputs replaced by their content's digest."
     payload = {"pipeline": pipeline, "step": step, "type": step_type, "code": code,
                "arguments": with_input_digests(symbolic_arguments, digest)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return text_sha256(json.dumps(payload, sort_keys=True, default=str))

@@ -5,7 +5,6 @@
 # %% ../../nbs/engine/07_run.ipynb #ec9d2f7e
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -27,6 +26,7 @@ from .plan import Plan, check_runnable
 from .processes import Processes
 from .records import Records
 from .store import LocalStore
+from ..files import text_sha256
 
 # %% auto #0
 __all__ = ['LOCAL_ACCOUNT_ARN', 'ExecutionState', 'retry_delay', 'execute_step', 'run_definition']
@@ -193,7 +193,7 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
     state.folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(definition, indent=1, sort_keys=True)
     (state.folder / "definition.json").write_text(text)
-    digest = hashlib.sha256(text.encode()).hexdigest()
+    digest = text_sha256(text)
     state.records.start_execution(execution_id, pipeline, values, digest, reference)
     state.emit("execution-started", pipeline=pipeline, parameters=values, definition_sha256=digest, resumed=bool(resume), home=home)
     plan = Plan(specs, steps)
