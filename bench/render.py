@@ -21,10 +21,8 @@ MLOPS = Path(sys.executable).parent / "mlops"
 
 
 def render_command(out: Path) -> list[str]:
-    "The real command path: the `mlops` console script when it has `render`, else `python -m mlops.render`."
-    if MLOPS.exists() and subprocess.run([str(MLOPS), "render", "--help"], capture_output=True).returncode == 0:
-        return [str(MLOPS), "render", "--out", str(out)]
-    return [sys.executable, "-m", "mlops.render", "render", "--out", str(out)]
+    "The real command path: the `mlops` console script, as a user runs it."
+    return [str(MLOPS), "render", "--out", str(out)]
 
 
 def check_command(out: Path) -> list[str]:
