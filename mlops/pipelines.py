@@ -178,8 +178,8 @@ def notebook_step(name: str, notebook: str, *, pipeline: str, resources: dict, s
         s3_uri=step_output_uri(resources, pipeline, name, output), local_path=f"{PROCESSING_ROOT}/output/{output}",
         s3_upload_mode="EndOfJob")) for output in [*outputs, "report"]]
     arguments = [f"{CODE_DIR}/{notebook}.ipynb", "--output-notebook", f"{PROCESSING_ROOT}/output/report/{notebook}.ipynb"]
-    for parameter, value in parameters.items():
-        arguments += ["-p", parameter, value]
+    for parameter, value in parameters.items():  # container arguments are strings: a pipeline variable as text
+        arguments += ["-p", parameter, value.to_string() if hasattr(value, "to_string") else value]
     step_args = processor.run(inputs=processing_inputs, outputs=processing_outputs, arguments=arguments)
     return ProcessingStep(name=name, step_args=step_args, cache_config=cache_config(),
                           retry_policies=retry_policies(), depends_on=depends_on)
@@ -241,7 +241,7 @@ def training_pipeline(resources: dict, session=None):
                          image_uri=resources["DeepARImageUri"], role_arn=resources["RoleArn"], sagemaker_session=session)
     register_args = model.register(
         model_package_group_name=model_package_group, approval_status=approval_status,
-        content_types=["application/jsonlines"], response_types=["application/jsonlines"],
+        content_types=["application/jsonlines", "application/json"], response_types=["application/jsonlines", "application/json"],
         inference_instances=["ml.m5.large", "ml.m5.xlarge"], transform_instances=["ml.m5.large", "ml.m5.xlarge"],
         customer_metadata_properties={
             QUALITY_METRIC: Join(on="", values=[metric]),

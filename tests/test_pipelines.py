@@ -90,7 +90,7 @@ def test_feature_engineering_gets_the_forecast_parameters_of_the_training_job(tr
     assert parameters["freq"] == hyperparameters["time_freq"] == {"Get": "Parameters.TimeFreq"}
     for name in ("prediction_length", "context_length"):
         assert parameters[name] == hyperparameters[name]
-    assert parameters["test_windows"] == {"Get": "Parameters.TestWindows"}
+    assert parameters["test_windows"] == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.TestWindows"}]}}  # an Integer, as text (#4867)
     assert set(notebook_call(training["FeatureEngineering"])[2]) >= {"input_dir", "output_dir", "mode", "execution_id"}
 
 

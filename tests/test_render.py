@@ -386,3 +386,17 @@ def test_dag_draws_both_pipelines_from_the_templates():
     unknown = subprocess.run([*MLOPS, "dag", "--pipeline", "nope", "--templates", TEMPLATES],
                              capture_output=True, text=True)
     assert unknown.returncode == 1 and "choose one of" in unknown.stderr
+
+
+def test_a_non_string_parameter_in_container_arguments_is_refused_as_createpipeline_does():
+    "sagemaker-python-sdk #4867: an Integer parameter as a container argument must be passed as text (Std:Join)."
+    definition = json.loads((TEMPLATES / TEMPLATE_FILES["DeepARTraining"]).read_text())
+    step = next(s for s in definition["Steps"] if s["Name"] == "FeatureEngineering")
+    arguments = step["Arguments"]["AppSpecification"]["ContainerArguments"]
+    as_text = {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.TestWindows"}]}}
+    assert as_text in arguments  # what the pipeline code renders
+    index = arguments.index(as_text)
+    arguments[index] = {"Get": "Parameters.TestWindows"}  # what it rendered before: refused by CreatePipeline
+    (error,) = [e for e in validate_definition(definition) if "#4867" in e.message]
+    assert error.step == "FeatureEngineering" and error.pointer.endswith(f"/AppSpecification/ContainerArguments/{index}")
+    assert "an Integer parameter" in error.message

@@ -170,10 +170,24 @@ def _pattern(pattern: str):
     try: return re.compile(pattern)
     except re.error: return None  # a Java-only construct (\p{...}): not checkable here
 
-def shape_errors(value, shape, pointer: str, step: str | None, top: bool = False) -> list[DefinitionError]:
+def _expression_errors(expression: dict, shape, pointer: str, step: str | None, parameter_types: dict) -> list[DefinitionError]:
+    "A `Get` of a parameter whose declared type does not fit the field: CreatePipeline refuses it."
+    reference = expression.get("Get")
+    if not isinstance(reference, str) or shape.type_name != "string": return []
+    root, name = reference_target(reference)
+    kind = parameter_types.get(name, "String") if root == "Parameters" else "String"
+    if kind == "String": return []
+    # sagemaker-python-sdk #4867: "Cannot assign property reference [Parameters.X] to argument of type [String]"
+    return [DefinitionError(step, pointer, f"Get {reference!r} is {'an' if kind[0] in 'AEIOU' else 'a'} {kind} parameter in a string field ({shape.name}); "
+                            f"CreatePipeline refuses it (\"Cannot assign property reference [{reference}] to argument of type "
+                            "[String]\", sagemaker-python-sdk #4867). Fix: pass it as text, Std:Join with one value "
+                            "(the SDK's .to_string()).", "api")]
+
+def shape_errors(value, shape, pointer: str, step: str | None, top: bool = False,
+                 parameter_types: dict[str, str] | None = None) -> list[DefinitionError]:
     "Problems of `value` against the botocore shape `shape` (expressions count as values of the expected type)."
     if is_expression(value):
-        return []
+        return _expression_errors(value, shape, pointer, step, parameter_types or {})
     def error(message):
         return [DefinitionError(step, pointer, message, "api")]
     kind, meta = shape.type_name, shape.metadata
@@ -189,7 +203,7 @@ def shape_errors(value, shape, pointer: str, step: str | None, top: bool = False
                 errors += [DefinitionError(step, f"{pointer}/{name}", f"required member {name} of {shape.name} is missing", "api")]
         for name, member in value.items():
             if name in shape.members:
-                errors += shape_errors(member, shape.members[name], f"{pointer}{json_pointer([name])}", step)
+                errors += shape_errors(member, shape.members[name], f"{pointer}{json_pointer([name])}", step, parameter_types=parameter_types)
         return errors
     if kind == "list":
         if not isinstance(value, list): return error(f"expected an array ({shape.name}), got {type(value).__name__}")
@@ -197,15 +211,15 @@ def shape_errors(value, shape, pointer: str, step: str | None, top: bool = False
         if "min" in meta and len(value) < meta["min"]: errors += error(f"needs at least {meta['min']} item(s), has {len(value)}")
         if "max" in meta and len(value) > meta["max"]: errors += error(f"allows at most {meta['max']} item(s), has {len(value)}")
         for i, item in enumerate(value):
-            errors += shape_errors(item, shape.member, f"{pointer}/{i}", step)
+            errors += shape_errors(item, shape.member, f"{pointer}/{i}", step, parameter_types=parameter_types)
         return errors
     if kind == "map":
         if not isinstance(value, dict): return error(f"expected an object ({shape.name}), got {type(value).__name__}")
         errors = []
         if "max" in meta and len(value) > meta["max"]: errors += error(f"allows at most {meta['max']} entries, has {len(value)}")
         for key, item in value.items():
-            errors += shape_errors(key, shape.key, f"{pointer}{json_pointer([key])}", step)
-            errors += shape_errors(item, shape.value, f"{pointer}{json_pointer([key])}", step)
+            errors += shape_errors(key, shape.key, f"{pointer}{json_pointer([key])}", step, parameter_types=parameter_types)
+            errors += shape_errors(item, shape.value, f"{pointer}{json_pointer([key])}", step, parameter_types=parameter_types)
         return errors
     if kind == "string":
         if not isinstance(value, str): return error(f"expected a string ({shape.name}), got {json.dumps(value)[:80]}")
@@ -234,10 +248,12 @@ def shape_errors_unknown(name, shape, pointer, step, close) -> list[DefinitionEr
 def api_errors(definition: dict) -> list[DefinitionError]:
     "Problems of each step's Arguments against the input shape of the SageMaker API call that runs it."
     model, errors = sagemaker_service_model(), []
+    types = {p.get("Name"): p.get("Type", "String") for p in definition.get("Parameters", []) if isinstance(p, dict)}
     for pointer, step in [(s.pointer, s.step) for s in located_steps(definition)]:
         if (operation := STEP_OPERATIONS.get(step.get("Type"))) and "Arguments" in step:
             shape = model.operation_model(operation).input_shape
-            errors += shape_errors(step["Arguments"], shape, f"{pointer}/Arguments", step.get("Name"), top=True)
+            errors += shape_errors(step["Arguments"], shape, f"{pointer}/Arguments", step.get("Name"), top=True,
+                                   parameter_types=types)
     return errors
 
 # %% ../../nbs/definition/05_validate.ipynb #dc8c8d98
