@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['FORECAST', 'DEEPAR_HYPERPARAMETERS', 'EXAMPLE_ACCOUNT_ID', 'TEMPLATE_KEYS', 'ForecastDefaults', 'project_root',
-           'NotebookNotFound', 'notebooks_dir', 'step_notebook', 'mlops_home', 'TemplateKey']
+__all__ = ['FORECAST', 'DEEPAR_HYPERPARAMETERS', 'EXAMPLE_ACCOUNT_ID', 'DEEPAR_IMAGE_EU_WEST_1', 'TEMPLATE_KEYS',
+           'ForecastDefaults', 'project_root', 'NotebookNotFound', 'notebooks_dir', 'step_notebook', 'mlops_home',
+           'TemplateKey']
 
 # %% ../nbs/00_config.ipynb #b6f2e530
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ DEEPAR_HYPERPARAMETERS: dict[str, str] = {
 
 # %% ../nbs/00_config.ipynb #f86a15a9
 EXAMPLE_ACCOUNT_ID = "111122223333"  # AWS's documentation example account: not an account of anyone
+DEEPAR_IMAGE_EU_WEST_1 = "224300973850.dkr.ecr.eu-west-1.amazonaws.com/forecasting-deepar:1"  # AWS's registry (SDK image_uri_config)
 
 @dataclass(frozen=True)
 class TemplateKey:
@@ -109,7 +111,7 @@ TEMPLATE_KEYS: dict[str, TemplateKey] = {key.name: key for key in [
                 f"{EXAMPLE_ACCOUNT_ID}.dkr.ecr.eu-west-1.amazonaws.com/mlops-processing:0.1.0"),
     TemplateKey("DeepARImageUri", "The region's SageMaker built-in forecasting-deepar image, as given by "
                 "sagemaker.core.image_uris.retrieve('forecasting-deepar', region).",
-                f"{EXAMPLE_ACCOUNT_ID}.dkr.ecr.eu-west-1.amazonaws.com/forecasting-deepar:1"),
+                DEEPAR_IMAGE_EU_WEST_1),
     TemplateKey("KmsKeyId", "KMS key (ARN, id or alias) that encrypts the S3 outputs of the processing, training and "
                 "transform jobs.", f"arn:aws:kms:eu-west-1:{EXAMPLE_ACCOUNT_ID}:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
 ]}

@@ -23,6 +23,9 @@ from mlops.definition.validate import (SCHEMA_OVERLAY, DefinitionInvalid, sagema
 from mlops.render import CLOUDFORMATION_FILE, FINGERPRINT_FILE, TEMPLATE_FILES, fill, render
 
 TEMPLATES = project_root() / "templates"
+# AWS's own registries of built-in algorithm images (the SDK's image_uri_config): public, not a user's account
+_DEEPAR_IMAGES = Path(__import__("sagemaker.core", fromlist=["x"]).__file__).parent / "image_uri_config" / "forecasting-deepar.json"
+AWS_REGISTRY_ACCOUNTS = sorted({a for v in json.loads(_DEEPAR_IMAGES.read_text())["versions"].values() for a in v["registries"].values()})
 ARTIFACTS = [*TEMPLATE_FILES.values(), KEYS_FILE, CLOUDFORMATION_FILE, FINGERPRINT_FILE]
 
 # Installed before anything else is imported: every connection or name lookup is recorded, then refused.
@@ -87,7 +90,7 @@ def test_the_socket_guard_catches_a_connection(tmp_path):
 FORBIDDEN = {
     "a timestamp": re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"),
     "a machine path": re.compile(r"(/home/|/Users/|/root|/tmp/|/work/|/var/folders|[A-Z]:\\\\)"),
-    "an account id": re.compile(rf"(?<!\d)(?!{EXAMPLE_ACCOUNT_ID})\d{{12}}(?!\d)"),
+    "an account id": re.compile(rf"(?<!\d)(?!{EXAMPLE_ACCOUNT_ID}|{'|'.join(AWS_REGISTRY_ACCOUNTS)})\d{{12}}(?!\d)"),
     "a sentinel": re.compile(r"mlops-sentinel|000000000000", re.I),
     "a random name": re.compile(r"\b(model|job|pipelines?)-[0-9a-f]{8}\b"),
 }
@@ -109,6 +112,7 @@ def test_templates_hold_no_timestamps_paths_accounts_or_random_names(name):
 def test_the_scan_can_fail():
     assert FORBIDDEN["an account id"].search('"arn:aws:iam::123456789012:role/x"')
     assert not FORBIDDEN["an account id"].search(f'"arn:aws:iam::{EXAMPLE_ACCOUNT_ID}:role/x"')
+    assert not FORBIDDEN["an account id"].search('"224300973850.dkr.ecr.eu-west-1.amazonaws.com/forecasting-deepar:1"')
     assert FORBIDDEN["a machine path"].search('"/home/someone/mlops/nbs"')
     assert ARN.search("arn:aws:kms:eu-west-1:111122223333:key/x") and REGION.search('"us-east-1"')
 
@@ -400,3 +404,9 @@ def test_a_non_string_parameter_in_container_arguments_is_refused_as_createpipel
     (error,) = [e for e in validate_definition(definition) if "#4867" in e.message]
     assert error.step == "FeatureEngineering" and error.pointer.endswith(f"/AppSpecification/ContainerArguments/{index}")
     assert "an Integer parameter" in error.message
+
+
+def test_the_deepar_image_example_is_the_one_aws_publishes_for_its_region():
+    from sagemaker.core import image_uris
+    assert TEMPLATE_KEYS["DeepARImageUri"].example == image_uris.retrieve("forecasting-deepar", "eu-west-1")
+    assert json.loads((TEMPLATES / KEYS_FILE).read_text())["DeepARImageUri"]["example"] == TEMPLATE_KEYS["DeepARImageUri"].example
