@@ -69,7 +69,7 @@ BAD = [  # (name, value, words the message must contain)
     ("embedding_dimension", "0", "positive integer"),
     ("learning_rate", "0", "positive number"),
     ("learning_rate", "nan", "finite"),
-    ("likelihood", "student-t", "must be one of gaussian, beta, negative-binomial, student-T, deterministic-L1"),
+    ("likelihood", "Student-T", "must be one of gaussian, beta, negative-binomial, student-T, deterministic-L1"),
     ("mini_batch_size", "0", "positive integer"),
     ("num_cells", "forty", "positive integer"),
     ("num_dynamic_feat", "-1", "auto, ignore, empty, or a positive integer"),
@@ -211,7 +211,7 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
     (lambda d: d.mkdir(), r"the train channel is empty \(no files\)"),
     (lambda d: write_lines(d / "train.json", []), "the train channel holds no records"),
     (lambda d: (d.mkdir(), (d / "train.json").write_text("\n\n")), "the train channel holds no records"),
-    (lambda d: (d.mkdir(), (d / "train.parquet").write_bytes(b"PAR1")), "Parquet channels are not supported"),
+    (lambda d: (d.mkdir(), (d / "train.parquet").write_bytes(b"PAR1")), r"train\.parquet: not a readable Parquet file"),
 ])
 def test_empty_or_missing_channel(tmp_path, make, message):
     make(tmp_path / "train")

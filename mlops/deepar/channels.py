@@ -9,16 +9,18 @@ import gzip
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 
 from .hyperparameters import SAGEMAKER_FREQ, DeepARHyperparameters
 
 # %% auto #0
-__all__ = ['ChannelError', 'Series', 'parse_record', 'channel_files', 'read_json_lines', 'read_channel', 'pandas_freq',
-           'DataSettings', 'resolve_data_settings', 'check_series']
+__all__ = ['ChannelError', 'Series', 'parse_record', 'channel_files', 'is_parquet', 'read_json_lines', 'read_parquet_records',
+           'read_channel', 'pandas_freq', 'DataSettings', 'resolve_data_settings', 'check_series']
 
 # %% ../../nbs/deepar/02_channels.ipynb #dc24d88f
 class ChannelError(ValueError):
@@ -94,10 +96,12 @@ def channel_files(path: str | Path, channel: str) -> list[Path]:
         raise ChannelError(f"{path}: the {channel} channel does not exist. Fix: pass the folder holding the {channel} JSON Lines.")
     if not files:
         raise ChannelError(f"{path}: the {channel} channel is empty (no files). Fix: put the {channel} JSON Lines file in it.")
-    for f in files:
-        if f.suffix.lower() in (".parquet", ".pq"):
-            raise ChannelError(f"{f}: Parquet channels are not supported by the local DeepAR. Fix: write the channel as JSON Lines.")
     return files
+
+def is_parquet(path: Path) -> bool:
+    "Whether a channel file is Parquet: by its extension, or by its first bytes (the `PAR1` magic number)."
+    if path.suffix.lower() in (".parquet", ".pq"): return True
+    with open(path, "rb") as f: return f.read(4) == b"PAR1"
 
 # %% ../../nbs/deepar/02_channels.ipynb #269dda92
 def _read_bytes(path: Path) -> bytes:
@@ -109,6 +113,9 @@ def _read_bytes(path: Path) -> bytes:
 
 def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     "(line number, decoded object) for every non-blank line of a JSON Lines file (plain or gzipped)."
+    if _read_bytes(path)[:4] == b"PAR1":
+        raise ChannelError(f"{path.name}: a Parquet file where JSON Lines are expected (batch transform reads JSON Lines). "
+                           "Fix: write one JSON object per line.")
     for number, line in enumerate(_read_bytes(path).splitlines(), start=1):
         if not line.strip(): continue
         try: yield number, json.loads(line)
@@ -117,11 +124,27 @@ def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
                                f"(file {path}).") from None
 
 # %% ../../nbs/deepar/02_channels.ipynb #703234f0
+def _plain(value):
+    "A Parquet cell as the JSON value it stands for: arrays as lists, timestamps as 'YYYY-MM-DD HH:MM:SS', NumPy scalars as numbers."
+    if isinstance(value, np.ndarray): return [_plain(v) for v in value]
+    if isinstance(value, (datetime, np.datetime64)):
+        return pd.Timestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, np.generic): return value.item()
+    return value
+
+def read_parquet_records(path: Path) -> Iterator[tuple[int, dict]]:
+    "(1-based row number, record) for every row of a Parquet file, its columns the record's fields (nulls left out)."
+    try: table = pd.read_parquet(path)
+    except Exception as e: raise ChannelError(f"{path.name}: not a readable Parquet file ({type(e).__name__}: {e}). Fix: re-write it.") from None
+    for number, row in enumerate(table.to_dict("records"), start=1):
+        yield number, {k: _plain(v) for k, v in row.items() if v is not None and not (np.isscalar(v) and pd.isna(v))}
+
 def read_channel(path: str | Path, channel: str = "train") -> list[Series]:
-    "Every series of a channel (a folder of JSON Lines files, or one file), or a `ChannelError`."
+    "Every series of a channel (a folder of JSON Lines or Parquet files, or one file), or a `ChannelError`."
     series = []
     for f in channel_files(path, channel):
-        series += [parse_record(obj, f"{f.name}, line {n}") for n, obj in read_json_lines(f)]
+        if is_parquet(f): series += [parse_record(obj, f"{f.name}, row {n}") for n, obj in read_parquet_records(f)]
+        else: series += [parse_record(obj, f"{f.name}, line {n}") for n, obj in read_json_lines(f)]
     if not series:
         raise ChannelError(f"{path}: the {channel} channel holds no records. Fix: write at least one series, one JSON object per line.")
     return series

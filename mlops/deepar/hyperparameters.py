@@ -12,8 +12,8 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
 # %% auto #0
-__all__ = ['SAGEMAKER_FREQ', 'LIKELIHOODS', 'DEFAULT_QUANTILES', 'REQUIRED_HYPERPARAMETERS', 'HyperparameterError',
-           'DeepARHyperparameters']
+__all__ = ['SAGEMAKER_FREQ', 'LIKELIHOODS', 'DEFAULT_QUANTILES', 'LIKELIHOOD_SPELLINGS', 'REQUIRED_HYPERPARAMETERS',
+           'HyperparameterError', 'DeepARHyperparameters']
 
 # %% ../../nbs/deepar/01_hyperparameters.ipynb #04a4fbfb
 class HyperparameterError(ValueError):
@@ -59,9 +59,14 @@ def _time_freq(name: str, raw) -> str:
                                   "(for example D, 5min, 3M).")
     return raw.strip()
 
+# The hyperparameters page spells it `student-T`; the container's own default configuration spells it
+# `student-t`, and the algorithm takes both: one likelihood, kept as the page spells it.
+LIKELIHOOD_SPELLINGS = {"student-t": "student-T"}
+
 def _likelihood(name: str, raw) -> str:
+    raw = LIKELIHOOD_SPELLINGS.get(raw, raw) if isinstance(raw, str) else raw
     if raw not in LIKELIHOODS:
-        raise HyperparameterError(name, raw, f"must be one of {', '.join(LIKELIHOODS)} (spelled exactly so).")
+        raise HyperparameterError(name, raw, f"must be one of {', '.join(LIKELIHOODS)} (student-t too).")
     return raw
 
 def _json_list(name: str, raw, what: str) -> list:

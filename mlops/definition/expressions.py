@@ -12,14 +12,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 # %% auto #0
-__all__ = ['EXPRESSIONS', 'EXECUTION_VARIABLES', 'CONDITIONS', 'REFERENCE_ROOTS', 'ExpressionError', 'is_expression',
-           'expressions', 'gets', 'reference_target', 'parse_property_path', 'lookup', 'Context', 'as_text', 'evaluate',
-           'json_get', 'evaluate_condition', 'all_conditions']
+__all__ = ['EXPRESSIONS', 'EXECUTION_VARIABLES', 'STEP_EXECUTION_VARIABLES', 'CONDITIONS', 'REFERENCE_ROOTS', 'ExpressionError',
+           'is_expression', 'expressions', 'gets', 'reference_target', 'parse_property_path', 'lookup', 'Context',
+           'as_text', 'evaluate', 'json_get', 'json_get_problem', 'step_execution_variables', 'evaluate_condition',
+           'all_conditions']
 
 # %% ../../nbs/definition/01_expressions.ipynb #c98e552b
 EXPRESSIONS = ("Get", "Std:Join", "Std:JsonGet")
 EXECUTION_VARIABLES = ("PipelineExecutionId", "PipelineExecutionArn", "PipelineName", "PipelineArn",
-                       "StartDateTime", "CurrentDateTime")
+                       "StartDateTime", "CurrentDateTime", "TrainingJobName", "ProcessingJobName")
+# valued only inside a step of this type: the name of the job that step runs (SDK: ExecutionVariables)
+STEP_EXECUTION_VARIABLES = {"TrainingJobName": "Training", "ProcessingJobName": "Processing"}
 CONDITIONS = ("GreaterThan", "GreaterThanOrEqualTo", "LessThan", "LessThanOrEqualTo", "Equals", "In", "Not", "Or")
 REFERENCE_ROOTS = ("Parameters", "Execution", "Steps")
 
@@ -119,15 +122,41 @@ def evaluate(value, context: Context):
     return {k: evaluate(v, context) for k, v in value.items()}
 
 def json_get(spec: dict, context: Context):
-    "Std:JsonGet: read a property file that a processing step wrote, and take `Path` from it."
-    reference = spec["PropertyFile"]["Get"] if isinstance(spec["PropertyFile"], dict) else spec["PropertyFile"]
-    _, step, _, name = reference.split(".", 3)  # Steps.<step>.PropertyFiles.<name>
-    declaration = context.property_files[step][name]
-    output_uri = context.get(f"Steps.{step}.ProcessingOutputConfig.Outputs['{declaration['OutputName']}'].S3Output.S3Uri")
-    document = json.loads((context.open_uri(output_uri) / declaration["FilePath"]).read_text())
+    "Std:JsonGet: read a JSON document (a declared property file, or the object at `S3Uri`) and take `Path` from it."
+    if "S3Uri" in spec:
+        uri = evaluate(spec["S3Uri"], context)
+        if not isinstance(uri, str) or not uri.startswith("s3://"): raise ExpressionError(f"Std:JsonGet S3Uri {uri!r} is not an s3:// URI.")
+        file = context.open_uri(uri)
+        if not file.is_file(): raise ExpressionError(f"Std:JsonGet: no JSON object at {uri}.")
+        document = json.loads(file.read_text())
+    else:
+        reference = spec["PropertyFile"]["Get"] if isinstance(spec["PropertyFile"], dict) else spec["PropertyFile"]
+        _, step, _, name = reference.split(".", 3)  # Steps.<step>.PropertyFiles.<name>
+        declaration = context.property_files[step][name]
+        output_uri = context.get(f"Steps.{step}.ProcessingOutputConfig.Outputs['{declaration['OutputName']}'].S3Output.S3Uri")
+        document = json.loads((context.open_uri(output_uri) / declaration["FilePath"]).read_text())
     for key in parse_property_path(evaluate(spec["Path"], context)):
         document = lookup(document, key, spec["Path"])
     return document
+
+def json_get_problem(spec) -> str | None:
+    "Why a `Std:JsonGet` cannot be evaluated, judged from its form alone (None if it can): exactly one of PropertyFile / S3Uri, and a Path."
+    if not isinstance(spec, dict): return "Std:JsonGet takes an object"
+    if ("PropertyFile" in spec) == ("S3Uri" in spec): return "Std:JsonGet takes either PropertyFile or S3Uri (not both, not neither)"
+    if "Path" not in spec: return "Std:JsonGet needs a Path"
+    if unknown := sorted(set(spec) - {"PropertyFile", "S3Uri", "Path"}): return f"Std:JsonGet has unknown fields {unknown}"
+    source = spec.get("S3Uri", spec.get("PropertyFile"))
+    if "S3Uri" in spec and not (isinstance(source, str) or (isinstance(source, dict) and set(source) <= {"Get", "Std:Join"} and len(source) == 1)):
+        return "Std:JsonGet S3Uri must be text, a Get or a Std:Join"
+    if "PropertyFile" in spec:
+        reference = source.get("Get") if isinstance(source, dict) else source
+        if not (isinstance(reference, str) and len(reference.split(".")) == 4 and reference.split(".")[2] == "PropertyFiles"):
+            return "Std:JsonGet PropertyFile must be Steps.<step>.PropertyFiles.<name>"
+    return None
+
+def step_execution_variables(step_type: str, job_name: str) -> dict:
+    "The execution variables valued inside a step of `step_type` whose job is `job_name` (TrainingJobName, ProcessingJobName)."
+    return {name: job_name for name, kind in STEP_EXECUTION_VARIABLES.items() if kind == step_type}
 
 # %% ../../nbs/definition/01_expressions.ipynb #835d707c
 def _number_or_text(value):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .expressions import EXECUTION_VARIABLES, gets, is_expression, reference_target
+from .expressions import (EXECUTION_VARIABLES, STEP_EXECUTION_VARIABLES, expressions, gets, is_expression,
+                                         json_get_problem, reference_target)
 from .graph import find_cycle, json_pointer, located_steps, own_arguments, step_edges
 from .templates import PLACEHOLDER, placeholder
 
@@ -267,7 +268,10 @@ def semantic_errors(definition: dict) -> list[DefinitionError]:
             errors.append(DefinitionError(step.get("Name"), f"{pointer}/Name", f"step name {step.get('Name')!r} is used twice", "semantic"))
         seen.add(step.get("Name"))
     parameters = {p.get("Name") for p in definition.get("Parameters", []) if isinstance(p, dict)}
-    def check_gets(value, base, step):
+    def check_gets(value, base, step, step_type=None):
+        for path, expression in expressions(value):  # a Std:JsonGet of a form the service cannot evaluate
+            if "Std:JsonGet" in expression and (problem := json_get_problem(expression["Std:JsonGet"])):
+                errors.append(DefinitionError(step, base + json_pointer((*path, "Std:JsonGet")), problem, "semantic"))
         for path, expression in gets(value):
             root, name = reference_target(expression)
             where = base + json_pointer((*path, "Get"))
@@ -278,11 +282,14 @@ def semantic_errors(definition: dict) -> list[DefinitionError]:
                                               f"(declared: {', '.join(sorted(parameters)) or 'none'})", "semantic"))
             elif root == "Execution" and name not in EXECUTION_VARIABLES:
                 errors.append(DefinitionError(step, where, f"Get {expression!r}: unknown execution variable {name!r}", "semantic"))
+            elif root == "Execution" and STEP_EXECUTION_VARIABLES.get(name, step_type) != step_type:
+                errors.append(DefinitionError(step, where, f"Get {expression!r}: Execution.{name} names the job of a "
+                                              f"{STEP_EXECUTION_VARIABLES[name]} step; it has no value in a {step_type} step", "semantic"))
             elif root not in ("Steps", "Parameters", "Execution"):
                 errors.append(DefinitionError(step, where, f"Get {expression!r} must start with Steps., Parameters. or Execution.", "semantic"))
     for pointer, step in located:
         arguments = own_arguments(step)  # branch steps are checked on their own
-        check_gets(arguments, f"{pointer}/Arguments", step.get("Name"))
+        check_gets(arguments, f"{pointer}/Arguments", step.get("Name"), step.get("Type"))
         for i, other in enumerate(step.get("DependsOn", [])):
             if other not in seen:
                 errors.append(DefinitionError(step.get("Name"), f"{pointer}/DependsOn/{i}", f"DependsOn names step {other!r}, which does not exist", "semantic"))

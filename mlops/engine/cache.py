@@ -16,13 +16,19 @@ from ..files import sha256, text_sha256
 __all__ = ['duration_seconds', 'code_digest', 'with_input_digests', 'cache_key']
 
 # %% ../../nbs/engine/04_cache.ipynb #46cfb0c6
-_DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
+_NUMBER = r"(\d+(?:[.,]\d+)?)"
+_DURATION = re.compile(rf"^P?(?:{_NUMBER}Y)?(?:{_NUMBER}M)?(?:{_NUMBER}W)?(?:{_NUMBER}D)?(T(?:{_NUMBER}H)?(?:{_NUMBER}M)?(?:{_NUMBER}S)?)?$",
+                       re.IGNORECASE)
 
 def duration_seconds(text: str) -> float:
-    "An ISO 8601 duration (ExpireAfter: 'P30D', 'PT1H', 'P1W') in seconds (a month is 30 days, a year 365)."
-    match = _DURATION.match(text or "")
-    if not match or not any(match.groups()): raise DefinitionNotRunnable(f"ExpireAfter {text!r} is not an ISO 8601 duration such as 'P30D'.")
-    y, mo, w, d, h, mi, s = (int(g or 0) for g in match.groups())
+    "`CacheConfig.ExpireAfter` ('P30D', 'PT1H', '30d', 'T16m', '30dT5h', 'P4DT12H') in seconds (a month is 30 days, a year 365)."
+    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    groups = match.groups() if match else ()
+    y, mo, w, d, time_part, h, mi, s = groups or (None,) * 8
+    numbers = (y, mo, w, d, h, mi, s)
+    if not match or not any(numbers) or (time_part and not any((h, mi, s))):
+        raise DefinitionNotRunnable(f"ExpireAfter {text!r} is not an ISO 8601 duration such as 'P30D', '30d', 'T16m' or 'P4DT12H'.")
+    y, mo, w, d, h, mi, s = (float((g or "0").replace(",", ".")) for g in numbers)
     return ((((y * 365 + mo * 30 + w * 7 + d) * 24 + h) * 60 + mi) * 60) + s
 
 # %% ../../nbs/engine/04_cache.ipynb #0d0d32c1

@@ -5,8 +5,9 @@
 # %% ../../nbs/engine/05_plan.ipynb #277a36b7
 from __future__ import annotations
 
-from ..definition.expressions import (CONDITIONS, EXECUTION_VARIABLES, EXPRESSIONS, Context, all_conditions,
-                                          evaluate, expressions, reference_target)
+from ..definition.expressions import (CONDITIONS, EXECUTION_VARIABLES, EXPRESSIONS, STEP_EXECUTION_VARIABLES, Context,
+                                          all_conditions, evaluate, expressions, json_get_problem, reference_target)
+from .cache import duration_seconds
 from ..definition.graph import StepSpec, json_pointer, own_arguments, step_specs
 from . import DefinitionNotRunnable
 from .executors import ExecutorRegistry, executors as default_executors
@@ -36,6 +37,13 @@ def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegist
                 ok = (root == "Parameters" and name in parameters) or (root == "Execution" and name in EXECUTION_VARIABLES) \
                      or (root == "Steps" and name in steps)
                 if not ok: problems.append(f"{pointer}: cannot resolve {expression['Get']!r}")
+                elif root == "Execution" and STEP_EXECUTION_VARIABLES.get(name, spec.type) != spec.type:
+                    problems.append(f"{pointer}: Execution.{name} has a value only inside a {STEP_EXECUTION_VARIABLES[name]} step")
+            elif key == "Std:JsonGet" and (problem := json_get_problem(expression["Std:JsonGet"])):
+                problems.append(f"{pointer}: {problem}")
+        if (expire := (spec.raw.get("CacheConfig") or {}).get("ExpireAfter")) is not None:
+            try: duration_seconds(expire)
+            except DefinitionNotRunnable as e: problems.append(f"step {spec.name!r}: {e}")
         if spec.type == "Condition":
             for condition in all_conditions(spec.arguments.get("Conditions", [])):
                 if condition.get("Type") not in CONDITIONS:

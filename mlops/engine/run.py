@@ -9,13 +9,14 @@ import json
 import threading
 import time
 import uuid
+from dataclasses import replace
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from ..config import mlops_home
-from ..definition.expressions import Context, evaluate
+from ..definition.expressions import EXECUTION_VARIABLES, Context, evaluate, step_execution_variables
 from ..definition.graph import StepSpec, all_steps
 from ..definition.parameters import ParameterError, resolve_parameters
 from . import DefinitionNotRunnable, StepError
@@ -29,7 +30,8 @@ from .store import LocalStore
 from ..files import text_sha256
 
 # %% auto #0
-__all__ = ['LOCAL_ACCOUNT_ARN', 'ExecutionState', 'retry_delay', 'execute_step', 'run_definition']
+__all__ = ['LOCAL_ACCOUNT_ARN', 'AUTOMATIC_RETRY', 'AUTOMATICALLY_RETRIED', 'ExecutionState', 'retry_policy', 'retry_delay',
+           'execute_step', 'refuse_resuming_a_fail_step', 'run_definition']
 
 # %% ../../nbs/engine/07_run.ipynb #3073d27d
 LOCAL_ACCOUNT_ARN = "arn:aws:sagemaker:local:000000000000"
@@ -62,23 +64,37 @@ class ExecutionState:
             except Exception as e:
                 with self._lock: self.listener_error = self.listener_error or e
 
+    def step_context(self, spec: StepSpec) -> Context:
+        "The context a step's arguments are evaluated in: with the execution variables valued within that step only."
+        return replace(self.context, execution={**self.context.execution, **step_execution_variables(spec.type, self.job_name(spec.name))})
+
     def symbolic_context(self) -> Context:
         "The context with execution variables left as `{Execution.X}`: what a cache key sees."
         return Context(parameters=self.context.parameters, steps=self.context.steps, open_uri=self.store.path,
-                       property_files=self.context.property_files, execution={k: f"{{Execution.{k}}}" for k in self.context.execution})
+                       property_files=self.context.property_files, execution={k: f"{{Execution.{k}}}" for k in EXECUTION_VARIABLES})
 
 # %% ../../nbs/engine/07_run.ipynb #3db377e3
-def retry_delay(spec: StepSpec, error: StepError, attempt: int, first_started: float) -> float | None:
-    "Seconds to wait before the next attempt, following the step's RetryPolicies; None when no policy retries it."
-    for policy in spec.raw.get("RetryPolicies", []):
-        if error.kind not in policy.get("ExceptionType", []): continue
-        interval, rate = policy.get("IntervalSeconds", 1), policy.get("BackoffRate", 2.0)
-        delay = interval * rate ** (attempt - 1)
-        if "MaxAttempts" in policy and attempt >= policy["MaxAttempts"]: return None
-        if "ExpireAfterMin" in policy and time.time() + delay - first_started > policy["ExpireAfterMin"] * 60: return None
-        return delay
-    return None
+AUTOMATIC_RETRY = {"IntervalSeconds": 1, "BackoffRate": 2.0, "MaxAttempts": 5}  # the documented defaults of a policy
+AUTOMATICALLY_RETRIED = ("Step.SERVICE_FAULT", "Step.THROTTLING")
 
+def retry_policy(spec: StepSpec, kind: str) -> dict | None:
+    "The retry policy that applies to a failure of `kind`: the step's first policy naming it, else SageMaker's automatic one."
+    for policy in spec.raw.get("RetryPolicies", []):
+        types = policy.get("ExceptionType", [])
+        if kind in ([types] if isinstance(types, str) else types): return policy
+    return AUTOMATIC_RETRY if kind in AUTOMATICALLY_RETRIED else None
+
+def retry_delay(spec: StepSpec, error: StepError, attempt: int, first_started: float, now: float | None = None) -> float | None:
+    "Seconds to wait before retry number `attempt` (after `attempt` tries failed); None when no more retries are allowed."
+    policy = retry_policy(spec, error.kind)
+    if policy is None: return None
+    now = time.time() if now is None else now
+    if "ExpireAfterMin" in policy:
+        if policy["ExpireAfterMin"] <= 0 or now - first_started > policy["ExpireAfterMin"] * 60: return None
+    elif attempt > policy.get("MaxAttempts", AUTOMATIC_RETRY["MaxAttempts"]): return None  # MaxAttempts counts retries
+    return policy.get("IntervalSeconds", 1) * policy.get("BackoffRate", 2.0) ** (attempt - 1)
+
+# %% ../../nbs/engine/07_run.ipynb #2dd541bc
 def _from_cache(state: ExecutionState, spec: StepSpec, key: str) -> StepResult | None:
     "The step's result taken from an earlier execution with the same cache key, if its outputs are still there."
     expire = duration_seconds(spec.raw.get("CacheConfig", {}).get("ExpireAfter", "P30D"))
@@ -95,7 +111,11 @@ def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: s
     `prestart`: a worker module a later step uses, started when this step really runs (not from the cache)."""
     folder = state.folder / spec.name
     folder.mkdir(parents=True, exist_ok=True)
-    arguments = evaluate(spec.arguments, state.context) if spec.type != "Condition" else spec.arguments
+    try: arguments = evaluate(spec.arguments, state.step_context(spec)) if spec.type != "Condition" else spec.arguments
+    except (KeyError, ValueError, OSError) as e:  # e.g. Std:JsonGet of a file the step before did not write
+        now = time.time()
+        state.records.save_step(state.id, spec.name, spec.type, "Failed", now, now, 1, f"{spec.name}: {e}", None, None)
+        return StepResult(spec.name, spec.type, "Failed", now, now, 1, f"{spec.name}: {e}")
     key = None
     if use_cache and spec.raw.get("CacheConfig", {}).get("Enabled"):
         key = cache_key(state.pipeline, spec.name, spec.type, evaluate(spec.arguments, state.symbolic_context()),
@@ -114,8 +134,7 @@ def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: s
             state.records.save_step(state.id, spec.name, spec.type, "Succeeded", started, ended, attempt, None, properties, key)
             return StepResult(spec.name, spec.type, "Succeeded", started, ended, attempt, None, properties)
         except Exception as e:  # a step's failure is recorded, never a crash of the engine
-            error = e if isinstance(e, StepError) else StepError(f"{spec.name}: {type(e).__name__}: {e}",
-                                                                 "Step.SERVICE_FAULT" if isinstance(e, OSError) else "ClientError")
+            error = e if isinstance(e, StepError) else StepError(f"{spec.name}: {type(e).__name__}: {e}", "ClientError")
             delay, ended = retry_delay(spec, error, attempt, first_started), time.time()
             state.records.save_step(state.id, spec.name, spec.type, "Failed", started, ended, attempt, str(error), None, key)
             if delay is None: return StepResult(spec.name, spec.type, "Failed", started, ended, attempt, str(error))
@@ -124,6 +143,13 @@ def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: s
             attempt += 1
 
 # %% ../../nbs/engine/07_run.ipynb #c7c6bb7b
+def refuse_resuming_a_fail_step(records: Records, execution_id: str):
+    "Raise `DefinitionNotRunnable` when the execution failed on a Fail step (RetryPipelineExecution does not retry it)."
+    failed = [r["name"] for r in records.steps(execution_id) if r["type"] == "Fail" and r["status"] == "Failed"]
+    if failed: raise DefinitionNotRunnable(f"execution {execution_id} failed on Fail step {failed[0]!r}; a Fail step "
+                                           "is not retried (RetryPipelineExecution). Fix: start a new execution.")
+
+# %% ../../nbs/engine/07_run.ipynb #18da2953
 def _start(definition, parameters, pipeline, home: Path, resume, reference):
     "(definition, parameter values, pipeline name, execution id) of a new or resumed execution."
     records = Records(home / "runs.db")
@@ -136,6 +162,7 @@ def _start(definition, parameters, pipeline, home: Path, resume, reference):
     if previous is None: raise DefinitionNotRunnable(f"no execution {resume!r}. Fix: pick one from `mlops runs`.")
     if previous["status"] == "Succeeded": raise DefinitionNotRunnable(f"execution {resume} already succeeded; nothing to resume.")
     if previous["status"] == "Executing": raise DefinitionNotRunnable(f"execution {resume} is still running (pid {previous['pid']}).")
+    refuse_resuming_a_fail_step(records, resume)
     definition = json.loads((home / "runs" / resume / "definition.json").read_text())
     return definition, json.loads(previous["parameters"]), previous["pipeline"], resume
 

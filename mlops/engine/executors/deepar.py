@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from ...definition.expressions import as_text
 from .. import StepError
@@ -14,7 +15,8 @@ from . import Executor, StepIO, StepRun
 from ..processes import run_command
 
 # %% auto #0
-__all__ = ['is_deepar_image', 'DeepARTrainingExecutor', 'resolve_model', 'DeepARTransformExecutor']
+__all__ = ['DEEPAR_CONTENT_TYPES', 'is_deepar_image', 'DeepARTrainingExecutor', 'check_transform_request', 'payload_limit',
+           'check_payloads', 'assemble', 'resolve_model', 'DeepARTransformExecutor']
 
 # %% ../../../nbs/engine/executors/02_deepar.ipynb #4726a06f
 def is_deepar_image(image) -> bool:
@@ -56,6 +58,45 @@ class DeepARTrainingExecutor(Executor):
                       params={k: str(v) for k, v in p.get("HyperParameters", {}).items()},
                       metrics={m["MetricName"]: float(m["Value"]) for m in p.get("FinalMetricDataList", [])})
 
+# %% ../../../nbs/engine/executors/02_deepar.ipynb #2d977315
+DEEPAR_CONTENT_TYPES = ("application/jsonlines", "application/json")
+
+def check_transform_request(arguments: dict):
+    "StepError naming the rule when a DeepAR transform request is one SageMaker's DeepAR would fail."
+    source, output = arguments.get("TransformInput", {}), arguments.get("TransformOutput", {})
+    if (content := source.get("ContentType")) is not None and content not in DEEPAR_CONTENT_TYPES:
+        raise StepError(f"ContentType {content!r}: DeepAR batch transform reads JSON Lines ({DEEPAR_CONTENT_TYPES[0]}).")
+    if (accept := output.get("Accept")) is not None and accept not in DEEPAR_CONTENT_TYPES:
+        raise StepError(f"Accept {accept!r}: DeepAR batch transform writes JSON Lines ({DEEPAR_CONTENT_TYPES[0]}).")
+    if source.get("SplitType", "None") != "Line":
+        raise StepError(f"SplitType {source.get('SplitType', 'None')!r}: DeepAR batch transform needs SplitType 'Line' "
+                        "(DeepAR Inference Formats: the default values cause runtime failures).")
+    if arguments.get("BatchStrategy") not in ("SingleRecord", "MultiRecord"):
+        raise StepError(f"BatchStrategy {arguments.get('BatchStrategy')!r}: DeepAR batch transform needs BatchStrategy "
+                        "'SingleRecord' (or 'MultiRecord') (DeepAR Inference Formats: the default values cause runtime failures).")
+    if not 0 < payload_limit(arguments) <= 100 * 2**20:
+        raise StepError(f"MaxPayloadInMB {arguments.get('MaxPayloadInMB')!r}: DeepAR needs 1 to 100 (0, chunked encoding, is not supported).")
+
+def payload_limit(arguments: dict) -> float:
+    "MaxPayloadInMB in bytes (6 MB by default)."
+    return float(arguments.get("MaxPayloadInMB", 6)) * 2**20
+
+def check_payloads(arguments: dict, folder: Path):
+    "StepError when a record (a line, SplitType Line) of a file under `folder` is larger than MaxPayloadInMB."
+    limit = payload_limit(arguments)
+    for file in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        with open(file, "rb") as lines:
+            for number, line in enumerate(lines, 1):
+                if len(line.rstrip(b"\r\n")) > limit:
+                    raise StepError(f"{file.name}, line {number}: a record of {len(line) / 2**20:.1f} MB is larger than "
+                                    f"MaxPayloadInMB {arguments.get('MaxPayloadInMB', 6)} (CreateTransformJob).")
+
+def assemble(arguments: dict, folder: Path):
+    "AssembleWith: 'Line' keeps one prediction per line; otherwise (None) the objects are concatenated on one line."
+    if arguments.get("TransformOutput", {}).get("AssembleWith") == "Line": return
+    for file in Path(folder).rglob("*.out"):
+        file.write_bytes(b"".join(line.rstrip(b"\n") for line in file.read_bytes().splitlines(keepends=True)))
+
 # %% ../../../nbs/engine/executors/02_deepar.ipynb #b1a41350
 def resolve_model(name: str, execution) -> dict:
     "image and model_data_url (and arn) of a model name (a CreateModel step's), a model package ARN or group (latest Approved)."
@@ -77,11 +118,14 @@ class DeepARTransformExecutor(Executor):
         if not is_deepar_image(model["image"]):
             raise StepError(f"{step.name}: model {args['ModelName']!r} uses image {model['image']}; only DeepAR models run locally.")
         store.download(model["model_data_url"], folder / "model")
+        check_transform_request(args)
         store.download(args["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"], folder / "input")
+        check_payloads(args, folder / "input")
         command = [sys.executable, "-m", "mlops.deepar", "transform", "--model-dir", str(folder / "model"),
                    "--input", str(folder / "input"), "--output", str(folder / "output")]
         run_command(command, folder, step.name, step.execution.processes, step.log,
                     {k: as_text(v) for k, v in args.get("Environment", {}).items()}, worker=self.worker)
+        assemble(args, folder / "output")
         store.upload(folder / "output", args["TransformOutput"]["S3OutputPath"])
         return {**args, "TransformJobName": step.execution.job_name(step.name), "TransformJobStatus": "Completed",
                 "ModelDataUrl": model["model_data_url"], **({"ModelPackageArn": model["arn"]} if model.get("arn") else {})}
