@@ -10,7 +10,7 @@ tries; a resume is never killed). `--no-cache` keeps every trial a full run, so 
 Printed: trials, executions that completed (after their resumes), resumes needed, kills that came before the
 execution was recorded (nothing to resume) or after it ended, duplicate model versions (two versions tagged
 with the same execution: expect 0), executions that succeeded without a version (expect 0), and corrupt files:
-every JSON, notebook and tar.gz in the store and the run folders readable, runs.db and mlflow.db passing
+every JSON (or JSON Lines), notebook and tar.gz in the store and the run folders readable, runs.db and mlflow.db passing
 sqlite's integrity check (expect 0).
 
 Usage: python bench/kill_resume.py [--trials 20] [--seed 0] [-p NAME=VALUE ...]
@@ -60,7 +60,10 @@ def corrupt_files(home: Path) -> list[str]:
     for path in sorted([*(home / "store").rglob("*"), *(home / "runs").rglob("*")]):
         if not path.is_file(): continue
         try:
-            if path.suffix == ".json": json.loads(path.read_text())
+            if path.suffix == ".json":  # a JSON document, or JSON Lines (DeepAR's channels)
+                text = path.read_text()
+                try: json.loads(text)
+                except json.JSONDecodeError: [json.loads(line) for line in text.splitlines() if line.strip()]
             elif path.suffix == ".ipynb": nbformat.read(path, as_version=4)
             elif path.name.endswith(".tar.gz"):
                 with tarfile.open(path) as archive:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..files import git_state, sha256
-from . import TrackingError
+from . import ModelNotFound, TrackingError
 from .registry import (APPROVAL_STATUSES, APPROVAL_TAG, ARN_PREFIX, EXECUTION_TAG, STEP_TAG, resolve_model_package)
 from .store import client, mlflow_metric_name, registry_uri, tracking_uri, artifact_location
 
@@ -88,12 +88,14 @@ def _start(self: ExecutionTracker, parameters: dict, definition_sha256: str, res
     from mlflow.entities import Param
     from mlops.tracking.lineage import execution_run
     c = self.client
-    if resumed:  # a resumed execution continues its run
-        self.run_id = execution_run(self.execution_id, self.home).info.run_id
-        c.update_run(self.run_id, status="RUNNING")
-        for run in c.search_runs([c.get_run(self.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}'"):
-            self._steps[run.data.tags.get("mlops.step")] = run.info.run_id
-        return
+    if resumed:  # a resumed execution continues its run (unless it was killed before its run was created)
+        try: self.run_id = execution_run(self.execution_id, self.home).info.run_id
+        except ModelNotFound: self.run_id = None
+        if self.run_id is not None:
+            c.update_run(self.run_id, status="RUNNING")
+            for run in c.search_runs([c.get_run(self.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}'"):
+                self._steps[run.data.tags.get("mlops.step")] = run.info.run_id
+            return
     experiment = _experiment_id(c, self.pipeline, self.home)
     code = code_version()
     tags = {EXECUTION_TAG: self.execution_id, "mlops.pipeline": self.pipeline, "mlops.version": code["mlops_version"],
