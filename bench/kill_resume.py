@@ -126,8 +126,8 @@ def main():
     duplicates = sum(n - 1 for n in counts.values() if n > 1)
     without = [e for e in succeeded if counts.get(e, 0) == 0]
     bad = corrupt_files(home)
-    print(f"\ntrials: {args.trials}; completed: {completed} (+ {before_record} killed before the execution was recorded, "
-          f"{after_end} that had ended before the kill); not completed after 5 resumes: {gave_up}; resumes run: {resumes}")
+    print(f"\ntrials: {args.trials}; completed: {completed} (of which {after_end} had ended before the kill); killed before the "
+          f"execution was recorded: {before_record}; not completed after 5 resumes: {gave_up}; resumes run: {resumes}")
     print(f"model versions: {sum(counts.values())} for {len(succeeded)} succeeded executions; duplicate versions: {duplicates}; "
           f"succeeded without a version: {len(without)}")
     print(f"corrupt files: {len(bad)}" + "".join(f"\n  {b}" for b in bad))
