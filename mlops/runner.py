@@ -19,8 +19,8 @@ from .engine.store import LocalStore
 from .files import sha256
 
 # %% auto #0
-__all__ = ['LOCAL_BUCKET', 'PIPELINES', 'LOCAL_PARAMETERS', 'local_values', 'local_definition', 'stage_local_inputs',
-           'model_feature_state', 'latest_feature_state', 'run']
+__all__ = ['LOCAL_BUCKET', 'PIPELINES', 'LOCAL_PARAMETERS', 'local_values', 'local_definition', 'stage_step_notebooks',
+           'stage_local_inputs', 'model_feature_state', 'latest_feature_state', 'resumed_pipeline', 'run']
 
 # %% ../nbs/08_runner.ipynb #08688257
 LOCAL_BUCKET = "mlops-local"
@@ -51,15 +51,23 @@ def local_definition(pipeline: str = "training", templates_dir: str | Path | Non
     return fill_definition(json.loads(path.read_text()), local_values())
 
 # %% ../nbs/08_runner.ipynb #92ab803b
+def stage_step_notebooks(home: Path) -> list[str]:
+    "Put the step notebooks, as they are now, at the code location of the local store; the names of those that changed."
+    from mlops.config import notebooks_dir
+    store, code, changed = LocalStore(home / "store"), local_values()["CodeLocation"], []
+    for notebook in sorted(notebooks_dir().glob("*.ipynb")):
+        target = store.path(f"{code}/{notebook.name}")
+        if not target.is_file() or target.read_bytes() != notebook.read_bytes():
+            store.upload(notebook, f"{code}/{notebook.name}")
+            changed.append(notebook.name)
+    return changed
+
 def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: Path, data: str | Path | None = None) -> dict:
     "Put the step notebooks and the input data in the local store; return the parameter overrides this implies."
-    from mlops.config import FORECAST, notebooks_dir
+    from mlops.config import FORECAST
     from mlops.data.demo import write_demo_data
     store, overrides = LocalStore(home / "store"), dict(parameters)
-    code = local_values()["CodeLocation"]
-    for notebook in notebooks_dir().glob("*.ipynb"):
-        target = store.path(f"{code}/{notebook.name}")
-        if not target.is_file() or target.read_bytes() != notebook.read_bytes(): store.upload(notebook, f"{code}/{notebook.name}")
+    stage_step_notebooks(home)
     if "InputDataUri" not in overrides:
         if data is not None:
             data = Path(data)
@@ -100,6 +108,16 @@ def latest_feature_state(home: Path) -> str:
     raise DefinitionNotRunnable("no feature state: no training execution has succeeded here. Fix: run the training "
                                 "pipeline first (`mlops run`), or pass -p FeatureStateUri=...")
 
+# %% ../nbs/08_runner.ipynb #eee10b2b
+def resumed_pipeline(execution_id: str, home: Path, names: dict[str, str]) -> str:
+    "Which of the project's pipelines ('training', 'inference') execution `execution_id` runs."
+    row = Records(home / "runs.db").execution(execution_id)
+    if row is None: raise DefinitionNotRunnable(f"no execution {execution_id!r}. Fix: pick one from `mlops runs`.")
+    found = [key for key, name in names.items() if name == row["pipeline"]]
+    if not found: raise DefinitionNotRunnable(f"execution {execution_id} ran pipeline {row['pipeline']!r}, not one of the project's. "
+                                              "Fix: resume it with the definition file it ran (`mlops run --definition FILE --resume ...`).")
+    return found[0]
+
 # %% ../nbs/08_runner.ipynb #a4a26b27
 def run(pipeline: str = "training", parameters: dict | None = None, data: str | Path | None = None,
         home: str | Path | None = None, listeners=(), track: bool = True, **options) -> Execution:
@@ -111,10 +129,15 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         from mlops.tracking.tracker import ExecutionTracker
         preload(home)  # MLflow takes seconds to import: start now, while the inputs are staged
         tracker = ExecutionTracker(home, LocalStore(home / "store").path)
-    definition = local_definition(pipeline)
-    if not options.get("resume"):
-        parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
     from mlops.pipelines import INFERENCE_PIPELINE, TRAINING_PIPELINE  # the names only: no SDK import
-    name = {"training": TRAINING_PIPELINE, "inference": INFERENCE_PIPELINE}[pipeline]
+    names = {"training": TRAINING_PIPELINE, "inference": INFERENCE_PIPELINE}
+    if resume := options.get("resume"):  # the pipeline it ran, as it is now (the engine refuses it if it changed)
+        pipeline = resumed_pipeline(resume, home, names)
+        definition = local_definition(pipeline)
+        stage_step_notebooks(home)
+    else:
+        definition = local_definition(pipeline)
+        parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
+    name = names[pipeline]
     return run_definition(definition, parameters, pipeline=name, home=home, listeners=[*listeners, *([tracker] if tracker else [])],
                           registry=tracker, **options)

@@ -156,7 +156,8 @@ def test_concurrent_runs_do_not_collide(workspace, trained):
 
 def test_unsupported_step_is_refused_up_front(workspace, tmp_path):
     definition = {"Version": "2020-12-01", "Parameters": [], "Steps": [
-        {"Name": "Spark", "Type": "EMR", "Arguments": {}},
+        {"Name": "Spark", "Type": "EMR", "Arguments": {"ClusterId": "j-1ABCDEFGHIJKL", "StepConfig": {
+            "Name": "spark", "HadoopJarStep": {"Jar": "command-runner.jar"}}}},
         {"Name": "Fine", "Type": "Fail", "Arguments": {"ErrorMessage": "x"}}]}
     path = tmp_path / "emr.json"
     path.write_text(json.dumps(definition))

@@ -15,8 +15,8 @@ from . import assignments, console, err_console, fail, format_time, main
 from ..config import FORECAST, mlops_home
 
 # %% auto #0
-__all__ = ['demo_data_command', 'features', 'ProgressView', 'show_execution_summary', 'run', 'runs', 'status', 'logs',
-           'train_deepar']
+__all__ = ['demo_data_command', 'features', 'ProgressView', 'show_execution_summary', 'checked_definition', 'run', 'runs',
+           'status', 'logs', 'train_deepar']
 
 # %% ../../nbs/cli/01_local.ipynb #b49a2cba
 @main.command("demo-data")
@@ -124,6 +124,9 @@ class ProgressView:
 
     def __call__(self, event):
         "Show one engine event (`mlops.engine.execution.Event`)."
+        if event.kind == "execution-started" and event.details.get("resumed"):
+            self.console.print(f"resuming execution {event.execution_id}: its parameters and options, the step notebooks and code "
+                               "as they are now; the steps that succeeded are kept", markup=False, soft_wrap=True)
         if event.step is None: return
         if event.kind == "step-log":
             self.notes[event.step.name] = event.line[:80]
@@ -166,6 +169,20 @@ def show_execution_summary(execution):
         err_console.print(f"[bold red]{execution.status}:[/] {execution.failure_reason}", soft_wrap=True)
 
 # %% ../../nbs/cli/01_local.ipynb #b7145495
+def checked_definition(path: Path) -> dict:
+    "The definition in `path` if `mlops validate` finds no problem in it; otherwise one error (exit 2), nothing run."
+    from rich.markup import escape
+    from mlops.definition.validate import DefinitionInvalid, load_definition, validate_definition
+    try:
+        definition = load_definition(path)
+        if errors := validate_definition(definition): raise DefinitionInvalid(str(path), errors)
+    except DefinitionInvalid as e:
+        fail(escape(f"{path} is not a valid pipeline definition: " + "; ".join(f"{x}" for x in e.errors[:5]) +
+                    (f" (and {len(e.errors) - 5} more)" if len(e.errors) > 5 else "")), 2,
+             fix=escape(f"`mlops validate {path}` lists every problem; render and fill one with `mlops render` and `mlops fill`."))
+    return definition
+
+# %% ../../nbs/cli/01_local.ipynb #49a7eda0
 @main.command()
 @click.option("--pipeline", type=click.Choice(["training", "inference"]), default="training", show_default=True)
 @click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE", help="pipeline parameter (repeatable)")
@@ -185,11 +202,11 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     parameters = assignments(parameters)
     options = dict(max_parallel=max_parallel, use_cache=not no_cache, resume=resume, reference=reference,
                    steps=[s.strip() for s in steps.split(",")] if steps else None)
+    if definition is not None: document = checked_definition(definition)
     try:
         with ProgressView(console) as view:
             if definition is not None:
-                execution = run_definition(json.loads(definition.read_text()), parameters,
-                                           pipeline=definition.name.split(".")[0], listeners=[view], **options)
+                execution = run_definition(document, parameters, pipeline=definition.name.split(".")[0], listeners=[view], **options)
             else:
                 execution = run_pipeline(pipeline, parameters, data, listeners=[view], **options)
     except DefinitionNotRunnable as e:

@@ -44,8 +44,9 @@ def with_input_digests(value, digest):
     if isinstance(value, str) and value.startswith("s3://") and (found := digest(value)) is not None: return f"sha256:{found}"
     return value
 
-def cache_key(pipeline: str, step: str, step_type: str, symbolic_arguments: dict, digest, code: str) -> str:
-    "The step's cache key: pipeline, step, type, code, and its arguments with inputs replaced by their content's digest."
+def cache_key(pipeline: str, step: str, step_type: str, symbolic_arguments: dict, digest, code: str, resolved: dict | None = None) -> str:
+    """The step's cache key: pipeline, step, type, code, its arguments with inputs replaced by their content's digest, and
+    what its executor resolved at run time (`Executor.resolve`: the model version a group name means now, its data's digest)."""
     payload = {"pipeline": pipeline, "step": step, "type": step_type, "code": code,
-               "arguments": with_input_digests(symbolic_arguments, digest)}
+               "arguments": with_input_digests(symbolic_arguments, digest), "resolved": resolved or {}}
     return text_sha256(json.dumps(payload, sort_keys=True, default=str))

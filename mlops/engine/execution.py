@@ -33,7 +33,9 @@ class StepResult:
 
     @property
     def elapsed(self) -> float | None:
-        return (self.ended or time.time()) - self.started if self.started else None
+        "Seconds it ran (so far, while Executing); None when unknown (it was killed: its end was never recorded)."
+        if not self.started or (self.ended is None and self.status != "Executing"): return None
+        return (self.ended or time.time()) - self.started
 
     @property
     def io(self) -> StepIO:
@@ -74,7 +76,9 @@ class Execution:
         records = Records(home / "runs.db")
         row = records.execution(id)
         if row is None: raise KeyError(f"no execution {id!r}. Fix: pick one from `mlops runs`.")
-        steps = [StepResult(r["name"], r["type"], r["status"], r["started"], r["ended"], r["attempt"], r["failure_reason"],
+        def status(step):  # a step still Executing in an execution that is not was stopped with it (killed)
+            return "Stopped" if step["status"] == "Executing" and row["status"] != "Executing" else step["status"]
+        steps = [StepResult(r["name"], r["type"], status(r), r["started"], r["ended"], r["attempt"], r["failure_reason"],
                             r["properties"], r["cached_from"]) for r in records.steps(id)]
         return cls(row["id"], row["pipeline"], row["status"], row["started"], row["ended"], json.loads(row["parameters"]),
                    row["failure_reason"], steps, home)

@@ -5,6 +5,7 @@
 # %% ../../nbs/engine/02_records.ipynb #fae8bc03
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -12,14 +13,16 @@ import threading
 import time
 from pathlib import Path
 
+from . import ExecutionRunning
+
 # %% auto #0
-__all__ = ['alive', 'Records', 'start_execution', 'end_execution', 'execution', 'executions', 'save_step', 'steps', 'cached_step',
-           'model']
+__all__ = ['alive', 'Records', 'start_execution', 'resume_execution', 'end_execution', 'execution', 'executions', 'save_step',
+           'steps', 'cached_step', 'model', 'stop_steps', 'lock_execution']
 
 # %% ../../nbs/engine/02_records.ipynb #327a9387
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (id TEXT PRIMARY KEY, pipeline TEXT, status TEXT, started REAL, ended REAL,
-    parameters TEXT, definition_sha256 TEXT, failure_reason TEXT, pid INTEGER, reference TEXT);
+    parameters TEXT, definition_sha256 TEXT, failure_reason TEXT, pid INTEGER, reference TEXT, options TEXT);
 CREATE TABLE IF NOT EXISTS steps (execution_id TEXT, name TEXT, type TEXT, status TEXT, started REAL, ended REAL,
     attempt INTEGER, failure_reason TEXT, properties TEXT, cache_key TEXT, cached_from TEXT,
     PRIMARY KEY (execution_id, name));
@@ -40,7 +43,11 @@ class Records:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        with self._connect() as db: db.executescript(_SCHEMA)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+            if "options" not in {r["name"] for r in db.execute("PRAGMA table_info(executions)")}:  # a runs.db from before
+                try: db.execute("ALTER TABLE executions ADD COLUMN options TEXT")
+                except sqlite3.OperationalError: pass  # another process added it first
 
     def _connect(self):
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -53,9 +60,17 @@ class Records:
             return db.execute(sql, args).fetchall()
 
 # %% ../../nbs/engine/02_records.ipynb #a0ffc792
-def start_execution(self: Records, id, pipeline, parameters, definition_sha256, reference=None):
-    self.execute("INSERT OR REPLACE INTO executions VALUES (?,?,?,?,?,?,?,?,?,?)", id, pipeline, "Executing",
-                 time.time(), None, json.dumps(parameters), definition_sha256, None, os.getpid(), reference)
+def start_execution(self: Records, id, pipeline, parameters, definition_sha256, reference=None, options=None):
+    "Record a new execution, Executing in this process, with the options it runs with."
+    self.execute("INSERT OR REPLACE INTO executions (id, pipeline, status, started, ended, parameters, definition_sha256, "
+                 "failure_reason, pid, reference, options) VALUES (?,?,?,?,?,?,?,?,?,?,?)", id, pipeline, "Executing",
+                 time.time(), None, json.dumps(parameters), definition_sha256, None, os.getpid(), reference,
+                 json.dumps(options or {}))
+
+def resume_execution(self: Records, id):
+    "A stopped or failed execution continues in this process: Executing again, its start time kept; the steps it was running read as Stopped."
+    self.execute("UPDATE executions SET status='Executing', ended=NULL, failure_reason=NULL, pid=? WHERE id=?", os.getpid(), id)
+    self.stop_steps(id, None)
 
 def end_execution(self: Records, id, status, failure_reason=None):
     self.execute("UPDATE executions SET status=?, ended=?, failure_reason=? WHERE id=?", status, time.time(), failure_reason, id)
@@ -66,6 +81,7 @@ def execution(self: Records, id) -> dict | None:
     if not rows: return None
     row = dict(rows[0])
     if row["status"] == "Executing" and not alive(row["pid"]): row["status"] = "Stopped"
+    row["options"] = json.loads(row.get("options") or "{}")
     return row
 
 def executions(self: Records, limit=20) -> list[dict]:
@@ -73,6 +89,7 @@ def executions(self: Records, limit=20) -> list[dict]:
     return [self.execution(r["id"]) for r in self.execute("SELECT id FROM executions ORDER BY started DESC LIMIT ?", limit)]
 
 Records.start_execution, Records.end_execution, Records.execution, Records.executions = start_execution, end_execution, execution, executions
+Records.resume_execution = resume_execution
 
 # %% ../../nbs/engine/02_records.ipynb #93c5ad1e
 def save_step(self: Records, execution_id, name, type, status, started=None, ended=None, attempt=1, failure_reason=None,
@@ -105,4 +122,27 @@ def model(self: Records, name: str) -> dict | None:
     container = properties.get("PrimaryContainer") or (properties.get("Containers") or [{}])[0]
     return {"image": container.get("Image"), "model_data_url": container.get("ModelDataUrl")}
 
-Records.save_step, Records.steps, Records.cached_step, Records.model = save_step, steps, cached_step, model
+def stop_steps(self: Records, execution_id, ended: float | None):
+    "The steps still Executing in `execution_id` become Stopped (`ended`: when, None if unknown: the process was killed)."
+    self.execute("UPDATE steps SET status='Stopped', ended=? WHERE execution_id=? AND status='Executing'", ended, execution_id)
+
+Records.save_step, Records.steps, Records.cached_step, Records.model, Records.stop_steps = save_step, steps, cached_step, model, stop_steps
+
+# %% ../../nbs/engine/02_records.ipynb #709b39aa
+def lock_execution(folder: str | Path, id: str):
+    "Hold the lock of execution `id` (its folder's `lock` file) until the returned file is closed; `ExecutionRunning` if another process holds it."
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / "lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid, deadline = "", time.time() + 2
+        while not pid and time.time() < deadline:  # the holder writes its pid right after taking the lock
+            handle.seek(0)
+            pid = handle.read().strip()
+            if not pid: time.sleep(0.05)
+        handle.close()
+        raise ExecutionRunning(f"execution {id} is already running (pid {pid or 'unknown'}).") from None
+    handle.seek(0); handle.truncate(); handle.write(str(os.getpid())); handle.flush()
+    return handle

@@ -19,19 +19,19 @@ from ..config import mlops_home
 from ..definition.expressions import EXECUTION_VARIABLES, Context, evaluate, step_execution_variables
 from ..definition.graph import StepSpec, all_steps
 from ..definition.parameters import ParameterError, resolve_parameters
-from . import DefinitionNotRunnable, StepError
+from . import DefinitionNotRunnable, ExecutionRunning, StepError
 from .cache import cache_key, code_digest, duration_seconds
 from .execution import Event, Execution, StepResult
 from .executors import StepRun, executors
 from .plan import Plan, check_runnable
 from .processes import Processes
-from .records import Records
+from .records import Records, lock_execution
 from .store import LocalStore
 from ..files import text_sha256
 
 # %% auto #0
 __all__ = ['LOCAL_ACCOUNT_ARN', 'AUTOMATIC_RETRY', 'AUTOMATICALLY_RETRIED', 'ExecutionState', 'retry_policy', 'retry_delay',
-           'execute_step', 'refuse_resuming_a_fail_step', 'run_definition']
+           'execute_step', 'refuse_resuming_a_fail_step', 'definition_text', 'changed_steps', 'run_definition']
 
 # %% ../../nbs/engine/07_run.ipynb #3073d27d
 LOCAL_ACCOUNT_ARN = "arn:aws:sagemaker:local:000000000000"
@@ -116,20 +116,26 @@ def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: s
         now = time.time()
         state.records.save_step(state.id, spec.name, spec.type, "Failed", now, now, 1, f"{spec.name}: {e}", None, None)
         return StepResult(spec.name, spec.type, "Failed", now, now, 1, f"{spec.name}: {e}")
-    key = None
+    executor, key, log_started = executors.find(spec.type, arguments), None, [time.time()]
+    run = StepRun(spec.name, spec.type, arguments, folder, state, lambda line: state.emit("step-log", line=line,
+                  step=StepResult(spec.name, spec.type, "Executing", log_started[0])))
+    try:  # what the step's names mean now (the model a group name resolves to): its cache key holds it
+        run.resolved = executor.resolve(run)
+    except Exception as e:
+        now, reason = time.time(), str(e) if isinstance(e, StepError) else f"{spec.name}: {type(e).__name__}: {e}"
+        state.records.save_step(state.id, spec.name, spec.type, "Failed", now, now, 1, reason, None, None)
+        return StepResult(spec.name, spec.type, "Failed", now, now, 1, reason)
     if use_cache and spec.raw.get("CacheConfig", {}).get("Enabled"):
         key = cache_key(state.pipeline, spec.name, spec.type, evaluate(spec.arguments, state.symbolic_context()),
-                        lambda uri: state.store.digest(uri) if state.store.exists(uri) else None, code)
+                        lambda uri: state.store.digest(uri) if state.store.exists(uri) else None, code, run.resolved)
         if cached := _from_cache(state, spec, key): return cached
     if prestart: state.processes.prestart(prestart)
-    executor, attempt, first_started = executors.find(spec.type, arguments), 1, time.time()
+    attempt, first_started = 1, time.time()
     while True:
-        started = time.time()
+        started = log_started[0] = time.time()
         state.emit("step-started", StepResult(spec.name, spec.type, "Executing", started, None, attempt))
         state.records.save_step(state.id, spec.name, spec.type, "Executing", started, None, attempt, None, None, key)
         try:
-            run = StepRun(spec.name, spec.type, arguments, folder, state, lambda line: state.emit("step-log", line=line,
-                          step=StepResult(spec.name, spec.type, "Executing", started)))
             properties, ended = executor.run(run), time.time()
             state.records.save_step(state.id, spec.name, spec.type, "Succeeded", started, ended, attempt, None, properties, key)
             return StepResult(spec.name, spec.type, "Succeeded", started, ended, attempt, None, properties)
@@ -150,21 +156,37 @@ def refuse_resuming_a_fail_step(records: Records, execution_id: str):
                                            "is not retried (RetryPipelineExecution). Fix: start a new execution.")
 
 # %% ../../nbs/engine/07_run.ipynb #18da2953
-def _start(definition, parameters, pipeline, home: Path, resume, reference):
-    "(definition, parameter values, pipeline name, execution id) of a new or resumed execution."
-    records = Records(home / "runs.db")
-    if not resume:
-        try: values = resolve_parameters(definition, parameters)
-        except ParameterError as e: raise DefinitionNotRunnable(str(e)) from None
-        pipeline = pipeline or definition.get("Metadata", {}).get("PipelineName") or "pipeline"
-        return definition, values, pipeline, f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    previous = records.execution(resume)
-    if previous is None: raise DefinitionNotRunnable(f"no execution {resume!r}. Fix: pick one from `mlops runs`.")
+def definition_text(definition: dict) -> str:
+    "The definition as the execution's folder keeps it (`definition.json`; its digest is the execution's `definition_sha256`)."
+    return json.dumps(definition, indent=1, sort_keys=True)
+
+def changed_steps(before: dict, now: dict) -> list[str]:
+    "The steps (and 'Parameters') that differ between two definitions."
+    def named(d): return {s["Name"]: s for s in all_steps(d)}
+    a, b = named(before), named(now)
+    return ([] if before.get("Parameters") == now.get("Parameters") else ["Parameters"]) + \
+           sorted(n for n in a.keys() | b.keys() if a.get(n) != b.get(n))
+
+def _start(definition, parameters, pipeline, options: dict):
+    "(definition, parameter values, pipeline name, execution id, options, start time) of a new execution."
+    try: values = resolve_parameters(definition, parameters)
+    except ParameterError as e: raise DefinitionNotRunnable(str(e)) from None
+    pipeline = pipeline or definition.get("Metadata", {}).get("PipelineName") or "pipeline"
+    return definition, values, pipeline, f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", options, time.time()
+
+def _resume(definition, home: Path, resume: str, options: dict):
+    """The same for a resumed execution, whose lock this process holds: its own definition, parameters, options and start
+    time. Refused when it succeeded, runs elsewhere, or when `definition` (the pipeline as it is now) is not the one it started with."""
+    previous = Records(home / "runs.db").execution(resume)
     if previous["status"] == "Succeeded": raise DefinitionNotRunnable(f"execution {resume} already succeeded; nothing to resume.")
-    if previous["status"] == "Executing": raise DefinitionNotRunnable(f"execution {resume} is still running (pid {previous['pid']}).")
-    refuse_resuming_a_fail_step(records, resume)
-    definition = json.loads((home / "runs" / resume / "definition.json").read_text())
-    return definition, json.loads(previous["parameters"]), previous["pipeline"], resume
+    if previous["status"] == "Executing": raise ExecutionRunning(f"execution {resume} is already running (pid {previous['pid']}).")
+    refuse_resuming_a_fail_step(Records(home / "runs.db"), resume)
+    saved = json.loads((home / "runs" / resume / "definition.json").read_text())
+    if definition is not None and definition_text(definition) != definition_text(saved):
+        raise DefinitionNotRunnable(f"cannot resume execution {resume}: the pipeline definition changed since it started "
+                                    f"({', '.join(changed_steps(saved, definition))}). Resuming runs the rest of the pipeline "
+                                    "it started; this one is another. Fix: start a new execution (`mlops run`).")
+    return saved, json.loads(previous["parameters"]), previous["pipeline"], resume, {**options, **previous["options"]}, previous["started"]
 
 def _reused(state: ExecutionState, specs, resume, steps, reference) -> list[StepResult]:
     "The steps taken as they are: succeeded earlier in this execution (resume), or from the reference (selective)."
@@ -208,29 +230,51 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
                    home: str | Path | None = None, max_parallel: int = 1, use_cache: bool = True,
                    resume: str | None = None, steps: list[str] | None = None, reference: str | None = None,
                    listeners: list[Callable[[Event], None]] = (), registry=None) -> Execution:
-    "Run a pipeline definition locally; the finished `Execution` (a failed step raises nothing: see its status)."
+    """Run a pipeline definition locally; the finished `Execution` (a failed step raises nothing: see its status).
+    `resume`: continue that execution, in this process only, with its own parameters, options and start time
+    (`definition`, if given, must be the one it started with)."""
     home = (Path(home) if home else mlops_home()).resolve()  # steps run in their own folders
-    definition, values, pipeline, execution_id = _start(definition, parameters, pipeline, home, resume, reference)
-    specs = check_runnable(definition, values)
-    if steps:
-        if unknown := sorted(set(steps) - set(specs)):
-            raise DefinitionNotRunnable(f"no step {', '.join(unknown)}; the pipeline has: {', '.join(specs)}.")
-        if not reference: raise DefinitionNotRunnable("--steps needs --reference EXECUTION_ID (the outputs of the other steps).")
-    state = ExecutionState(execution_id, pipeline, definition, values, home, time.time(), registry, listeners)
-    state.folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(definition, indent=1, sort_keys=True)
-    (state.folder / "definition.json").write_text(text)
-    digest = text_sha256(text)
-    state.records.start_execution(execution_id, pipeline, values, digest, reference)
-    state.emit("execution-started", pipeline=pipeline, parameters=values, definition_sha256=digest, resumed=bool(resume), home=home)
-    plan = Plan(specs, steps)
-    for result in _reused(state, specs, resume, steps, reference):
-        state.context.steps[result.name] = plan.finished[result.name] = result.properties or {}
-        state.emit("step-cached", result)
+    options = {"max_parallel": max_parallel, "use_cache": use_cache}
+    if resume:
+        if Records(home / "runs.db").execution(resume) is None:
+            raise DefinitionNotRunnable(f"no execution {resume!r}. Fix: pick one from `mlops runs`.")
+        lock = lock_execution(home / "runs" / resume, resume)  # one process continues it; the others are refused
+        try: definition, values, pipeline, execution_id, options, started = _resume(definition, home, resume, options)
+        except BaseException: lock.close(); raise
+    else:
+        definition, values, pipeline, execution_id, options, started = _start(definition, parameters, pipeline, options)
+        lock = None
     try:
-        failure = _schedule(state, plan, max_parallel, use_cache)
+        specs = check_runnable(definition, values)
+        if steps:
+            if unknown := sorted(set(steps) - set(specs)):
+                raise DefinitionNotRunnable(f"no step {', '.join(unknown)}; the pipeline has: {', '.join(specs)}.")
+            if not reference: raise DefinitionNotRunnable("--steps needs --reference EXECUTION_ID (the outputs of the other steps).")
+        state = ExecutionState(execution_id, pipeline, definition, values, home, started, registry, listeners)
+        lock = lock or lock_execution(state.folder, execution_id)  # held until the execution ends (the OS frees it if killed)
+        return _execute(state, specs, options, resume, steps, reference)
+    finally:
+        if lock is not None: lock.close()
+
+def _execute(state: ExecutionState, specs, options: dict, resume, steps, reference) -> Execution:
+    "Record the execution as started, run it, record how it ended."
+    text, execution_id = definition_text(state.definition), state.id
+    digest = text_sha256(text)
+    if resume: state.records.resume_execution(execution_id)
+    else:
+        (state.folder / "definition.json").write_text(text)
+        state.records.start_execution(execution_id, state.pipeline, state.context.parameters, digest, reference, options)
+    try:
+        state.emit("execution-started", pipeline=state.pipeline, parameters=state.context.parameters, definition_sha256=digest,
+                   resumed=bool(resume), home=state.home)
+        plan = Plan(specs, steps)
+        for result in _reused(state, specs, resume, steps, reference):
+            state.context.steps[result.name] = plan.finished[result.name] = result.properties or {}
+            state.emit("step-cached", result)
+        failure = _schedule(state, plan, options["max_parallel"], options["use_cache"])
     except KeyboardInterrupt:
         state.processes.stop()
+        state.records.stop_steps(execution_id, time.time())
         state.records.end_execution(execution_id, "Stopped", "stopped by the user")
         state.emit("execution-ended", status="Stopped", failure_reason="stopped by the user")
         raise
@@ -241,4 +285,4 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
     if state.listener_error is not None:  # e.g. tracking could not record: the record is part of the execution
         status, failure = "Failed", failure or str(state.listener_error)
     state.records.end_execution(execution_id, status, failure)
-    return Execution.load(execution_id, home)
+    return Execution.load(execution_id, state.home)

@@ -11,11 +11,12 @@ from . import ModelNotFound
 from .store import client
 
 # %% auto #0
-__all__ = ['EXECUTION_TAG', 'APPROVAL_TAG', 'APPROVAL_STATUSES', 'ARN_PREFIX', 'parse_model_package', 'model_versions',
-           'set_approval', 'approve', 'reject', 'resolve_model_package']
+__all__ = ['EXECUTION_TAG', 'STEP_TAG', 'APPROVAL_TAG', 'APPROVAL_STATUSES', 'ARN_PREFIX', 'parse_model_package',
+           'model_versions', 'set_approval', 'approve', 'reject', 'resolve_model_package']
 
 # %% ../../nbs/tracking/02_registry.ipynb #fec9793b
 EXECUTION_TAG = "mlops.execution_id"
+STEP_TAG = "mlops.step"  # with EXECUTION_TAG: which step of which execution created a version
 APPROVAL_TAG = "ModelApprovalStatus"
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 ARN_PREFIX = "arn:aws:sagemaker:local:000000000000:model-package/"

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..files import git_state, sha256
-from . import TrackingError
-from .registry import (APPROVAL_STATUSES, APPROVAL_TAG, ARN_PREFIX, EXECUTION_TAG, resolve_model_package)
+from . import ModelNotFound, TrackingError
+from .registry import (APPROVAL_STATUSES, APPROVAL_TAG, ARN_PREFIX, EXECUTION_TAG, STEP_TAG, resolve_model_package)
 from .store import client, mlflow_metric_name, registry_uri, tracking_uri, artifact_location
 
 # %% auto #0
@@ -88,12 +88,14 @@ def _start(self: ExecutionTracker, parameters: dict, definition_sha256: str, res
     from mlflow.entities import Param
     from mlops.tracking.lineage import execution_run
     c = self.client
-    if resumed:  # a resumed execution continues its run
-        self.run_id = execution_run(self.execution_id, self.home).info.run_id
-        c.update_run(self.run_id, status="RUNNING")
-        for run in c.search_runs([c.get_run(self.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}'"):
-            self._steps[run.data.tags.get("mlops.step")] = run.info.run_id
-        return
+    if resumed:  # a resumed execution continues its run (unless it was killed before its run was created)
+        try: self.run_id = execution_run(self.execution_id, self.home).info.run_id
+        except ModelNotFound: self.run_id = None
+        if self.run_id is not None:
+            c.update_run(self.run_id, status="RUNNING")
+            for run in c.search_runs([c.get_run(self.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{self.run_id}'"):
+                self._steps[run.data.tags.get("mlops.step")] = run.info.run_id
+            return
     experiment = _experiment_id(c, self.pipeline, self.home)
     code = code_version()
     tags = {EXECUTION_TAG: self.execution_id, "mlops.pipeline": self.pipeline, "mlops.version": code["mlops_version"],
@@ -148,34 +150,46 @@ ExecutionTracker._log_step = _log_step
 
 # %% ../../nbs/tracking/03_tracker.ipynb #c38968d0
 def register(self: ExecutionTracker, group: str, image: str, model_data_url: str, approval_status: str, metrics: list[dict],
-             metadata: dict) -> dict:
-    "Create a version of the registered model `group`; SageMaker's ModelPackage properties (waits for the logging before it)."
-    future = self._submit(self._register, group, image, model_data_url, approval_status, metrics, metadata)
+             metadata: dict, step: str = "RegisterModel") -> dict:
+    """Create a version of the registered model `group`; SageMaker's ModelPackage properties (waits for the logging before it).
+    Idempotent per execution and step: the version this execution's `step` created before (it was killed, then resumed) is returned."""
+    future = self._submit(self._register, group, image, model_data_url, approval_status, metrics, metadata, step)
     try: return future.result()
     except Exception as e:
         raise TrackingError(f"cannot register a version of model {group!r} in MLflow ({registry_uri(self.home)}): "
                             f"{type(e).__name__}: {e}") from e
 
-def _register(self: ExecutionTracker, group, image, model_data_url, approval_status, metrics, metadata):
+def _registered_by(c, group: str, execution_id: str, step: str):
+    "The version of `group` that step `step` of execution `execution_id` created, or None."
+    return next((v for v in c.search_model_versions(f"name = '{group}'", max_results=10000)
+                 if v.tags.get(EXECUTION_TAG) == execution_id and v.tags.get(STEP_TAG) == step), None)
+
+def _register(self: ExecutionTracker, group, image, model_data_url, approval_status, metrics, metadata, step="RegisterModel"):
     if approval_status not in APPROVAL_STATUSES:
         raise ValueError(f"ModelApprovalStatus {approval_status!r} is not one of {', '.join(APPROVAL_STATUSES)}")
     c = self.client
+    if found := _registered_by(c, group, self.execution_id, step):  # created before this execution was killed and resumed
+        return self._package(group, found.version, found.tags.get(APPROVAL_TAG, approval_status))
     if not c.search_registered_models(f"name = '{group}'"):
         try: c.create_registered_model(group, description="DeepAR forecasting models (one version per registration).")
         except Exception:
             if not c.search_registered_models(f"name = '{group}'"): raise
     source_run = self._outputs.get(model_data_url) or self.run_id
-    tags = {APPROVAL_TAG: approval_status, EXECUTION_TAG: self.execution_id, "mlops.pipeline": self.pipeline,
+    tags = {APPROVAL_TAG: approval_status, EXECUTION_TAG: self.execution_id, STEP_TAG: step, "mlops.pipeline": self.pipeline,
             "mlops.execution_run_id": self.run_id, "mlops.source_run_id": source_run, "ModelDataUrl": model_data_url,
             "Image": image, **{f"metric.{mlflow_metric_name(m['MetricName'])}": str(m["Value"]) for m in metrics},
             **{f"metadata.{k}": str(v) for k, v in metadata.items()}}
     version = c.create_model_version(group, source=f"runs:/{source_run}/model", run_id=source_run, tags=tags,
-                                     description=f"registered by execution {self.execution_id}")
-    arn = f"{ARN_PREFIX}{group}/{version.version}"
-    c.set_model_version_tag(group, version.version, "ModelPackageArn", arn)
-    c.set_tag(self.run_id, "mlops.model_version", f"{group}/{version.version}")
-    return {"ModelPackageArn": arn, "ModelPackageName": f"{group}/{version.version}",
-            "ModelPackageVersion": int(version.version), "ModelApprovalStatus": approval_status}
+                                     description=f"registered by execution {self.execution_id}")  # its tags in the same transaction
+    return self._package(group, version.version, approval_status)
+
+def _package(self: ExecutionTracker, group, version, approval_status) -> dict:
+    "SageMaker's ModelPackage properties of a version (its ARN tagged on it, and on the execution's run)."
+    arn, c = f"{ARN_PREFIX}{group}/{version}", self.client
+    c.set_model_version_tag(group, str(version), "ModelPackageArn", arn)
+    c.set_tag(self.run_id, "mlops.model_version", f"{group}/{version}")
+    return {"ModelPackageArn": arn, "ModelPackageName": f"{group}/{version}",
+            "ModelPackageVersion": int(version), "ModelApprovalStatus": approval_status}
 
 def resolve(self: ExecutionTracker, name: str) -> dict:
     "The image, model_data_url and arn of a model package ARN, 'group/version' or group (latest Approved): ModelNotFound otherwise."
@@ -199,3 +213,4 @@ def finish(self: ExecutionTracker, status: str, failure_reason: str | None = Non
     return self.run_id
 
 ExecutionTracker.register, ExecutionTracker._register, ExecutionTracker.resolve, ExecutionTracker.finish = register, _register, resolve, finish
+ExecutionTracker._package = _package

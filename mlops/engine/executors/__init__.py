@@ -33,6 +33,7 @@ class StepRun:
     folder: Path  # .mlops/runs/<execution>/<step>
     execution: Any  # the engine's ExecutionState: store, records, processes, registry, context, job_name()
     log: Callable[[str], None]
+    resolved: dict = field(default_factory=dict)  # what `Executor.resolve` found (the cache key holds it)
 
 class Executor:
     "Runs one kind of step. Subclass it: set `step_type` and `runs`, implement `run` (and `accepts`, `describe`)."
@@ -41,6 +42,7 @@ class Executor:
     worker: str | None = None  # module of a prestarted worker (`python -m <module> warm`)
 
     def accepts(self, arguments: dict) -> bool: return True
+    def resolve(self, step: StepRun) -> dict: return {}  # run-time facts for the cache key (JSON values)
     def run(self, step: StepRun) -> dict: raise NotImplementedError
     def describe(self, properties: dict) -> StepIO: return StepIO()
 

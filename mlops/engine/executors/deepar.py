@@ -112,9 +112,16 @@ class DeepARTransformExecutor(Executor):
     "Batch Transform with a DeepAR model, run by the local DeepAR."
     step_type, runs, worker = "Transform", "a DeepAR model (local batch transform)", "mlops.deepar"
 
+    def resolve(self, step: StepRun) -> dict:
+        "The model the ModelName means now (a group: its latest Approved version) and its data's digest: part of the cache key."
+        model, store = resolve_model(step.arguments["ModelName"], step.execution), step.execution.store
+        url = model["model_data_url"]
+        return {"model": {k: model.get(k) for k in ("image", "model_data_url", "arn")},
+                "model_sha256": store.digest(url) if isinstance(url, str) and store.exists(url) else None}
+
     def run(self, step: StepRun) -> dict:
         args, folder, store = step.arguments, step.folder, step.execution.store
-        model = resolve_model(args["ModelName"], step.execution)
+        model = step.resolved.get("model") or resolve_model(args["ModelName"], step.execution)
         if not is_deepar_image(model["image"]):
             raise StepError(f"{step.name}: model {args['ModelName']!r} uses image {model['image']}; only DeepAR models run locally.")
         store.download(model["model_data_url"], folder / "model")

@@ -50,7 +50,7 @@ class RegisterModelExecutor(Executor):
         try:
             package = step.execution.registry.register(args["ModelPackageGroupName"], container["Image"], container["ModelDataUrl"],
                                                        args.get("ModelApprovalStatus", "PendingManualApproval"), metrics,
-                                                       args.get("CustomerMetadataProperties", {}))
+                                                       args.get("CustomerMetadataProperties", {}), step=step.name)
         except Exception as e:  # the registry's own error, with its fix
             raise StepError(f"{step.name}: {e}") from e
         return {**args, **package}
