@@ -77,6 +77,7 @@ class ExecutionTracker:
         "Listen to one engine event."
         if event.kind == "execution-started":
             self.execution_id, self.pipeline, started = event.execution_id, event.details["pipeline"], time.time()
+            self.resumed = event.details["resumed"]  # only a resumed execution can have registered a version already
             self._submit(self._start, event.details["parameters"], event.details["definition_sha256"], event.details["resumed"], started)
         elif event.kind in ("step-succeeded", "step-failed", "step-cached"):
             self._submit(self._log_step, event.step)
@@ -168,7 +169,7 @@ def _register(self: ExecutionTracker, group, image, model_data_url, approval_sta
     if approval_status not in APPROVAL_STATUSES:
         raise ValueError(f"ModelApprovalStatus {approval_status!r} is not one of {', '.join(APPROVAL_STATUSES)}")
     c = self.client
-    if found := _registered_by(c, group, self.execution_id, step):  # created before this execution was killed and resumed
+    if getattr(self, "resumed", True) and (found := _registered_by(c, group, self.execution_id, step)):  # created before it was killed
         return self._package(group, found.version, found.tags.get(APPROVAL_TAG, approval_status))
     if not c.search_registered_models(f"name = '{group}'"):
         try: c.create_registered_model(group, description="DeepAR forecasting models (one version per registration).")
