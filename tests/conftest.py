@@ -24,3 +24,15 @@ def run_mlops(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     home = {"MLOPS_HOME": str(Path(cwd) / ".mlops")} if cwd is not None else {}
     return subprocess.run([*MLOPS, *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "COLUMNS": "200", **home, **(env or {})})
+
+
+# the pipeline's parameters for a training run of a few seconds on tiny data (one copy for every end-to-end suite)
+TINY = ["-p", "Epochs=1", "-p", "NumCells=8", "-p", "NumLayers=1", "-p", "MiniBatchSize=32", "-p", "NumEvalSamples=20",
+        "-p", "PredictionLength=7", "-p", "ContextLength=14", "-p", "QualityThreshold=10"]
+
+
+def tiny_data(root: Path) -> Path:
+    "Tiny demo data in `root`: train.csv (6 items × 120 days) and future.csv (the same and 7 future days, for inference)."
+    demo_data(n_items=6, periods=120).to_csv(root / "train.csv", index=False)
+    demo_data(n_items=6, periods=120, future_periods=7).to_csv(root / "future.csv", index=False)
+    return root

@@ -8,21 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MLOPS, run_mlops
-from mlops.data.demo import demo_data
+from conftest import MLOPS, TINY, run_mlops, tiny_data
 from mlops.engine.execution import Execution
 from mlops.engine.records import Records
 
-TINY = ["-p", "Epochs=1", "-p", "NumCells=8", "-p", "NumLayers=1", "-p", "MiniBatchSize=32", "-p", "NumEvalSamples=20",
-        "-p", "PredictionLength=7", "-p", "ContextLength=14", "-p", "QualityThreshold=10"]
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     "A private MLOPS_HOME, tiny data (6 items × 120 days, and 7 future days for inference)."
     root = tmp_path_factory.mktemp("runner")
-    demo_data(n_items=6, periods=120).to_csv(root / "train.csv", index=False)
-    demo_data(n_items=6, periods=120, future_periods=7).to_csv(root / "future.csv", index=False)
+    tiny_data(root)
     return {"root": root, "env": {"MLOPS_HOME": str(root / "home")}}
 
 

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_mlops
+from conftest import TINY, run_mlops
 from mlops.data.demo import demo_data
 from mlops.engine.execution import Execution
 from mlops.engine.records import Records
 from mlops.tracking.lineage import execution_run
 
-TINY = ["-p", "Epochs=1", "-p", "NumCells=8", "-p", "NumLayers=1", "-p", "MiniBatchSize=32", "-p", "NumEvalSamples=20",
-        "-p", "PredictionLength=7", "-p", "ContextLength=14", "-p", "QualityThreshold=10"]
 GROUP = "deepar-forecast"
 STEPS = ["FeatureEngineering", "TrainDeepAR", "CheckQuality", "RegisterModel", "CreateModel"]
 
