@@ -17,7 +17,8 @@ from .definition.parameters import ParameterError, coerce
 from .files import atomic_replace
 
 # %% auto #0
-__all__ = ['StepUsageError', 'declared_parameters', 'resolve_parameters', 'StepFailed', 'run_step', 'main']
+__all__ = ['PROCESSING_JOB_CONFIG', 'StepUsageError', 'declared_parameters', 'resolve_parameters', 'processing_job',
+           'execution_id_of_job', 'StepFailed', 'run_step', 'main']
 
 # %% ../nbs/03_processing.ipynb #584b8abc
 class StepUsageError(ValueError):
@@ -51,6 +52,22 @@ def resolve_parameters(notebook: str | Path, given: dict) -> dict:
     except ParameterError as e:
         raise StepUsageError(str(e)) from None
 
+# %% ../nbs/03_processing.ipynb #2730c398
+PROCESSING_JOB_CONFIG = "/opt/ml/config/processingjobconfig.json"
+
+def processing_job() -> dict | None:
+    "The running processing job's description (`ProcessingJobName`, `ProcessingJobArn`, ...), or None outside a job."
+    path = Path(os.environ.get("MLOPS_PROCESSING_JOB_CONFIG") or PROCESSING_JOB_CONFIG)
+    try: return json.loads(path.read_text())
+    except (OSError, ValueError): return None
+
+def execution_id_of_job(job_name: str) -> str:
+    "The pipeline execution id in a step's job name (SageMaker's or the local runner's), else the job name."
+    import re
+    sagemaker = re.match(r"^pipelines-([a-z0-9]+)-", job_name)
+    local = re.search(r"-(\d{8}T\d{6}-[0-9a-f]{6})-", job_name)
+    return (sagemaker or local).group(1) if (sagemaker or local) else job_name
+
 # %% ../nbs/03_processing.ipynb #93c9d990
 class StepFailed(RuntimeError):
     "A cell of the step notebook raised; the message is the failing cell's error on one line."
@@ -70,7 +87,11 @@ def run_step(notebook: str | Path, output_notebook: str | Path, parameters: dict
     import papermill as pm
     from jupyter_client.manager import KernelManager
     notebook = _notebook_path(notebook)
-    parameters = resolve_parameters(notebook, parameters or {})
+    parameters = dict(parameters or {})
+    job = processing_job()
+    if job and "execution_id" not in parameters and "execution_id" in declared_parameters(notebook):
+        parameters["execution_id"] = execution_id_of_job(job.get("ProcessingJobName", ""))
+    parameters = resolve_parameters(notebook, parameters)
     output_notebook = Path(output_notebook)
     output_notebook.parent.mkdir(parents=True, exist_ok=True)
     # papermill saves as it goes: run into a temporary name and rename, so the report is whole or absent

@@ -13,7 +13,7 @@ from . import DefinitionNotRunnable
 from ..files import sha256, text_sha256
 
 # %% auto #0
-__all__ = ['duration_seconds', 'code_digest', 'with_input_digests', 'cache_key']
+__all__ = ['CACHE_KEY_ATTRIBUTES', 'duration_seconds', 'code_digest', 'with_input_digests', 'cache_attributes', 'cache_key']
 
 # %% ../../nbs/engine/04_cache.ipynb #46cfb0c6
 _NUMBER = r"(\d+(?:[.,]\d+)?)"
@@ -44,9 +44,23 @@ def with_input_digests(value, digest):
     if isinstance(value, str) and value.startswith("s3://") and (found := digest(value)) is not None: return f"sha256:{found}"
     return value
 
-def cache_key(pipeline: str, step: str, step_type: str, symbolic_arguments: dict, digest, code: str, resolved: dict | None = None) -> str:
-    """The step's cache key: pipeline, step, type, code, its arguments with inputs replaced by their content's digest, and
-    what its executor resolved at run time (`Executor.resolve`: the model version a group name means now, its data's digest)."""
+CACHE_KEY_ATTRIBUTES = {  # https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-default-keys.html
+    "Processing": ("AppSpecification", "Environment", "ProcessingInputs"),
+    "Training": ("AlgorithmSpecification", "CheckpointConfig", "DebugHookConfig", "DebugRuleConfigurations",
+                 "Environment", "HyperParameters", "InputDataConfig"),
+    "Tuning": ("HyperParameterTuningJobConfig", "TrainingJobDefinition", "TrainingJobDefinitions"),
+    "Transform": ("DataProcessing", "Environment", "ModelName", "TransformInput"),
+}
+
+def cache_attributes(step_type: str, arguments: dict) -> dict:
+    "The arguments SageMaker compares to decide whether a step of `step_type` is taken from the cache (all, for other types)."
+    names = CACHE_KEY_ATTRIBUTES.get(step_type)
+    return dict(arguments) if names is None else {k: arguments[k] for k in names if k in arguments}
+
+def cache_key(pipeline: str, step: str, step_type: str, arguments: dict, digest, code: str, resolved: dict | None = None) -> str:
+    """The step's cache key: pipeline, step, type, code, the compared attributes of its (evaluated) arguments with inputs
+    replaced by their content's digest, and what its executor resolved at run time (`Executor.resolve`: the model a name
+    means now, its data's digest)."""
     payload = {"pipeline": pipeline, "step": step, "type": step_type, "code": code,
-               "arguments": with_input_digests(symbolic_arguments, digest), "resolved": resolved or {}}
+               "arguments": with_input_digests(cache_attributes(step_type, arguments), digest), "resolved": resolved or {}}
     return text_sha256(json.dumps(payload, sort_keys=True, default=str))

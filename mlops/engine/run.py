@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import mlops_home
-from ..definition.expressions import EXECUTION_VARIABLES, Context, evaluate, step_execution_variables
+from ..definition.expressions import Context, evaluate, step_execution_variables
 from ..definition.graph import StepSpec, all_steps
 from ..definition.parameters import ParameterError, resolve_parameters
 from . import DefinitionNotRunnable, ExecutionRunning, StepError
@@ -67,11 +67,6 @@ class ExecutionState:
     def step_context(self, spec: StepSpec) -> Context:
         "The context a step's arguments are evaluated in: with the execution variables valued within that step only."
         return replace(self.context, execution={**self.context.execution, **step_execution_variables(spec.type, self.job_name(spec.name))})
-
-    def symbolic_context(self) -> Context:
-        "The context with execution variables left as `{Execution.X}`: what a cache key sees."
-        return Context(parameters=self.context.parameters, steps=self.context.steps, open_uri=self.store.path,
-                       property_files=self.context.property_files, execution={k: f"{{Execution.{k}}}" for k in EXECUTION_VARIABLES})
 
 # %% ../../nbs/engine/07_run.ipynb #3db377e3
 AUTOMATIC_RETRY = {"IntervalSeconds": 1, "BackoffRate": 2.0, "MaxAttempts": 5}  # the documented defaults of a policy
@@ -126,7 +121,7 @@ def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: s
         state.records.save_step(state.id, spec.name, spec.type, "Failed", now, now, 1, reason, None, None)
         return StepResult(spec.name, spec.type, "Failed", now, now, 1, reason)
     if use_cache and spec.raw.get("CacheConfig", {}).get("Enabled"):
-        key = cache_key(state.pipeline, spec.name, spec.type, evaluate(spec.arguments, state.symbolic_context()),
+        key = cache_key(state.pipeline, spec.name, spec.type, arguments,
                         lambda uri: state.store.digest(uri) if state.store.exists(uri) else None, code, run.resolved)
         if cached := _from_cache(state, spec, key): return cached
     if prestart: state.processes.prestart(prestart)

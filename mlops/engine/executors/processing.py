@@ -5,6 +5,7 @@
 # %% ../../../nbs/engine/executors/01_processing.ipynb #ee40a324
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from . import Executor, StepIO, StepRun
 from ..processes import run_command
 
 # %% auto #0
-__all__ = ['CONTAINER_ROOT', 'MLOPS_ENTRYPOINT', 'REPORT_OUTPUTS', 'container_path', 'ProcessingExecutor']
+__all__ = ['CONTAINER_ROOT', 'MLOPS_ENTRYPOINT', 'REPORT_OUTPUTS', 'LOCAL_ARN', 'container_path', 'ProcessingExecutor']
 
 # %% ../../../nbs/engine/executors/01_processing.ipynb #47f843e5
 CONTAINER_ROOT = "/opt/ml/processing/"
 MLOPS_ENTRYPOINT = ["python", "-m", "mlops.processing"]
-REPORT_OUTPUTS = ("report", "state", "forecasts", "plots")  # outputs a person opens: kept with the run
+REPORT_OUTPUTS = ("report", "state", "forecasts", "plots", "model")  # outputs a person opens: kept with the run
+LOCAL_ARN = "arn:aws:sagemaker:local:000000000000"
 
 def container_path(value, folder: Path):
     "`value` with the container root mapped to `folder` (other values unchanged)."
@@ -45,6 +47,12 @@ class ProcessingExecutor(Executor):
         app = args["AppSpecification"]
         command = [sys.executable, "-m", "mlops.processing"] + [container_path(as_text(a), folder) for a in app.get("ContainerArguments", [])]
         env = {k: container_path(as_text(v), folder) for k, v in args.get("Environment", {}).items()}
+        job_name = step.execution.job_name(step.name)
+        job = {**args, "ProcessingJobName": job_name, "ProcessingJobArn": f"{LOCAL_ARN}:processing-job/{job_name.lower()}"}
+        (folder / "config").mkdir(exist_ok=True)
+        (folder / "config" / "processingjobconfig.json").write_text(json.dumps(job, indent=2, default=str))
+        env = {**env, "MLOPS_PROCESSING_JOB_CONFIG": str(folder / "config" / "processingjobconfig.json"),
+               "MLOPS_HOME": str(step.execution.home)}
         try:
             run_command(command, folder, step.name, step.execution.processes, step.log, env)
         finally:  # the executed notebook is a report: keep it also when the step fails
@@ -53,7 +61,7 @@ class ProcessingExecutor(Executor):
                 if output["OutputName"] == "report" and any(local.iterdir()): store.upload(local, output["S3Output"]["S3Uri"])
         for output in outputs:
             store.upload(container_path(output["S3Output"]["LocalPath"], folder), output["S3Output"]["S3Uri"])
-        return {**args, "ProcessingJobName": step.execution.job_name(step.name), "ProcessingJobStatus": "Completed"}
+        return {**args, "ProcessingJobName": job_name, "ProcessingJobArn": job["ProcessingJobArn"], "ProcessingJobStatus": "Completed"}
 
     def describe(self, p: dict) -> StepIO:
         arguments = [str(a) for a in p.get("AppSpecification", {}).get("ContainerArguments", [])]
