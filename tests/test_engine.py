@@ -15,6 +15,7 @@ from mlops.engine.store import LocalStore
 class Sample(Executor):
     "A toy step type: writes `Count` numbers to its output URI, the way a job writes its output to S3."
     step_type, runs = "Sample", "writes numbers to its output (a toy step type of this test)"
+    cache_attributes = ("Count",)  # what the cache compares: not the output path, which holds the execution id
 
     def run(self, step):
         folder = step.folder / "output"

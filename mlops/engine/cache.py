@@ -52,15 +52,16 @@ CACHE_KEY_ATTRIBUTES = {  # https://docs.aws.amazon.com/sagemaker/latest/dg/pipe
     "Transform": ("DataProcessing", "Environment", "ModelName", "TransformInput"),
 }
 
-def cache_attributes(step_type: str, arguments: dict) -> dict:
-    "The arguments SageMaker compares to decide whether a step of `step_type` is taken from the cache (all, for other types)."
-    names = CACHE_KEY_ATTRIBUTES.get(step_type)
+def cache_attributes(step_type: str, arguments: dict, names: tuple[str, ...] | None = None) -> dict:
+    "The arguments compared to decide whether a step is taken from the cache: `names`, else SageMaker's for `step_type`, else all."
+    names = names or CACHE_KEY_ATTRIBUTES.get(step_type)
     return dict(arguments) if names is None else {k: arguments[k] for k in names if k in arguments}
 
-def cache_key(pipeline: str, step: str, step_type: str, arguments: dict, digest, code: str, resolved: dict | None = None) -> str:
+def cache_key(pipeline: str, step: str, step_type: str, arguments: dict, digest, code: str, resolved: dict | None = None,
+              attributes: tuple[str, ...] | None = None) -> str:
     """The step's cache key: pipeline, step, type, code, the compared attributes of its (evaluated) arguments with inputs
     replaced by their content's digest, and what its executor resolved at run time (`Executor.resolve`: the model a name
     means now, its data's digest)."""
     payload = {"pipeline": pipeline, "step": step, "type": step_type, "code": code,
-               "arguments": with_input_digests(cache_attributes(step_type, arguments), digest), "resolved": resolved or {}}
+               "arguments": with_input_digests(cache_attributes(step_type, arguments, attributes), digest), "resolved": resolved or {}}
     return text_sha256(json.dumps(payload, sort_keys=True, default=str))

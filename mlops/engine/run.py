@@ -122,7 +122,8 @@ def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: s
         return StepResult(spec.name, spec.type, "Failed", now, now, 1, reason)
     if use_cache and spec.raw.get("CacheConfig", {}).get("Enabled"):
         key = cache_key(state.pipeline, spec.name, spec.type, arguments,
-                        lambda uri: state.store.digest(uri) if state.store.exists(uri) else None, code, run.resolved)
+                        lambda uri: state.store.digest(uri) if state.store.exists(uri) else None, code, run.resolved,
+                        executor.cache_attributes)
         if cached := _from_cache(state, spec, key): return cached
     if prestart: state.processes.prestart(prestart)
     attempt, first_started = 1, time.time()

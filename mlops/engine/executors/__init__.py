@@ -40,6 +40,7 @@ class Executor:
     step_type: str = ""
     runs: str = ""  # what it runs, in one line
     worker: str | None = None  # module of a prestarted worker (`python -m <module> warm`)
+    cache_attributes: tuple[str, ...] | None = None  # arguments compared for the step cache; None: SageMaker's list for the type
 
     def accepts(self, arguments: dict) -> bool: return True
     def resolve(self, step: StepRun) -> dict: return {}  # run-time facts for the cache key (JSON values)
