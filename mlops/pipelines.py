@@ -16,9 +16,10 @@ from .config import DEEPAR_HYPERPARAMETERS, FORECAST, TEMPLATE_KEYS
 
 # %% auto #0
 __all__ = ['TRAINING_PIPELINE', 'INFERENCE_PIPELINE', 'PROCESSING_ENTRYPOINT', 'PROCESSING_ROOT', 'CODE_DIR', 'QUALITY_METRIC',
-           'DEEPAR_INFERENCE_CONFIG', 'CACHE_EXPIRE_AFTER', 'PIPELINES', 'hyperparameter_parameter', 'NetworkAttempt',
-           'offline_aws', 'pipeline_session', 'hyperparameter_parameters', 'cache_config', 'retry_policies',
-           'step_output_uri', 'notebook_step', 'training_pipeline', 'inference_pipeline', 'pipeline_definitions']
+           'DEEPAR_INFERENCE_CONFIG', 'CACHE_EXPIRE_AFTER', 'RESOLVED_MODEL_FILE', 'PIPELINES',
+           'hyperparameter_parameter', 'NetworkAttempt', 'offline_aws', 'pipeline_session', 'hyperparameter_parameters',
+           'cache_config', 'retry_policies', 'step_output_uri', 'notebook_step', 'training_pipeline',
+           'inference_pipeline', 'pipeline_definitions']
 
 # %% ../nbs/05_pipelines.ipynb #e1bd778c
 TRAINING_PIPELINE = "DeepARTraining"
@@ -158,7 +159,7 @@ def step_output_uri(resources: dict, pipeline: str, step: str, output: str):
                                 ExecutionVariables.PIPELINE_EXECUTION_ID, step, output])
 
 def notebook_step(name: str, notebook: str, *, pipeline: str, resources: dict, session, instance_type, instance_count,
-                  inputs: dict, outputs: list[str], parameters: dict, depends_on=None):
+                  inputs: dict, outputs: list[str], parameters: dict, depends_on=None, property_files=None, cache: bool = True):
     "A ProcessingStep that runs the step notebook `notebook` with papermill through `python -m mlops.processing`."
     from sagemaker.core.processing import Processor
     from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
@@ -181,8 +182,8 @@ def notebook_step(name: str, notebook: str, *, pipeline: str, resources: dict, s
     for parameter, value in parameters.items():  # container arguments are strings: a pipeline variable as text
         arguments += ["-p", parameter, value.to_string() if hasattr(value, "to_string") else value]
     step_args = processor.run(inputs=processing_inputs, outputs=processing_outputs, arguments=arguments)
-    return ProcessingStep(name=name, step_args=step_args, cache_config=cache_config(),
-                          retry_policies=retry_policies(), depends_on=depends_on)
+    return ProcessingStep(name=name, step_args=step_args, cache_config=cache_config() if cache else None,
+                          retry_policies=retry_policies(), depends_on=depends_on, property_files=property_files)
 
 # %% ../nbs/05_pipelines.ipynb #5137fedb
 def training_pipeline(resources: dict, session=None):
@@ -217,7 +218,7 @@ def training_pipeline(resources: dict, session=None):
         instance_type=processing_instance_type, instance_count=processing_instance_count,
         inputs={"data": input_data}, outputs=["train", "test", "state"],
         parameters={"input_dir": f"{PROCESSING_ROOT}/input/data", "output_dir": f"{PROCESSING_ROOT}/output",
-                    "mode": "train", "execution_id": ExecutionVariables.PIPELINE_EXECUTION_ID,
+                    "mode": "train",
                     "freq": hyperparameters["time_freq"], "prediction_length": hyperparameters["prediction_length"],
                     "context_length": hyperparameters["context_length"], "test_windows": test_windows})
     outputs = features.properties.ProcessingOutputConfig.Outputs
@@ -267,34 +268,50 @@ def training_pipeline(resources: dict, session=None):
                                 *hyperparameters.values(), test_windows, model_package_group, approval_status, threshold])
 
 # %% ../nbs/05_pipelines.ipynb #d64a38f2
+RESOLVED_MODEL_FILE = "model.json"
+
 def inference_pipeline(resources: dict, session=None):
-    "The `DeepARBatchInference` pipeline: PrepareInference → BatchTransform → ForecastReport."
+    "The `DeepARBatchInference` pipeline: ResolveModel → CreateModel + PrepareInference → BatchTransform → ForecastReport."
     from sagemaker.core.transformer import Transformer
-    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.functions import JsonGet
     from sagemaker.core.workflow.parameters import ParameterString
+    from sagemaker.core.workflow.properties import PropertyFile
+    from sagemaker.mlops.workflow.model_step import ModelStep
     from sagemaker.mlops.workflow.pipeline import Pipeline
     from sagemaker.mlops.workflow.steps import TransformStep
+    from sagemaker.serve.model_builder import ModelBuilder
 
     session = session or pipeline_session(resources)
     input_data = ParameterString("InputDataUri", default_value=f"s3://{resources['ArtifactBucket']}/data/inference/")
-    model_name = ParameterString("ModelName", default_value="deepar-forecast")
-    feature_state = ParameterString("FeatureStateUri", default_value=f"s3://{resources['ArtifactBucket']}/feature-state/")
+    model_package_group = ParameterString("ModelPackageGroupName", default_value="deepar-forecast")
+    model_package_arn = ParameterString("ModelPackageArn", default_value="")
     processing_instance_type = ParameterString("ProcessingInstanceType", default_value="ml.m5.xlarge")
     transform_instance_type = ParameterString("TransformInstanceType", default_value="ml.m5.xlarge")
     step = dict(pipeline=INFERENCE_PIPELINE, resources=resources, session=session,
                 instance_type=processing_instance_type, instance_count=1)
 
+    resolved_file = PropertyFile(name="ResolvedModel", output_name="model", path=RESOLVED_MODEL_FILE)
+    resolve = notebook_step(
+        "ResolveModel", "resolve_model", **step, inputs={}, outputs=["model"], property_files=[resolved_file], cache=False,
+        parameters={"model_package_group_name": model_package_group, "model_package_arn": model_package_arn,
+                    "output_dir": f"{PROCESSING_ROOT}/output/model"})
+    def resolved(field): return JsonGet(step_name=resolve.name, property_file=resolved_file, json_path=field)
+
+    model = ModelBuilder(s3_model_data_url="s3://placeholder/model.tar.gz", image_uri=resources["DeepARImageUri"],
+                         role_arn=resources["RoleArn"], sagemaker_session=session)
+    create = ModelStep(name="CreateModel", step_args=model.build(), retry_policies=retry_policies(job=False))
+    create.arguments["PrimaryContainer"] = {"ModelPackageName": resolved("ModelPackageArn")}  # image and data: the package's
+
     prepare = notebook_step(
-        "PrepareInference", "feature_engineering", **step, inputs={"data": input_data, "state": feature_state},
+        "PrepareInference", "feature_engineering", **step, inputs={"data": input_data, "state": resolved("FeatureStateUri")},
         outputs=["inference", "index"],
         parameters={"input_dir": f"{PROCESSING_ROOT}/input/data", "output_dir": f"{PROCESSING_ROOT}/output",
-                    "mode": "infer", "state_dir": f"{PROCESSING_ROOT}/input/state",
-                    "execution_id": ExecutionVariables.PIPELINE_EXECUTION_ID})
+                    "mode": "infer", "state_dir": f"{PROCESSING_ROOT}/input/state"})
     prepared = prepare.properties.ProcessingOutputConfig.Outputs
 
     transformer = Transformer(
-        model_name=model_name, instance_type=transform_instance_type, instance_count=1,
-        strategy="MultiRecord", assemble_with="Line", accept="application/jsonlines", max_payload=6,
+        model_name=create.properties.ModelName, instance_type=transform_instance_type, instance_count=1,
+        strategy="SingleRecord", assemble_with="Line", accept="application/jsonlines", max_payload=6,
         output_path=step_output_uri(resources, INFERENCE_PIPELINE, "BatchTransform", "forecasts"),
         output_kms_key=resources["KmsKeyId"], sagemaker_session=session,
         env={"DEEPAR_INFERENCE_CONFIG": json.dumps(DEEPAR_INFERENCE_CONFIG, sort_keys=True)})
@@ -306,13 +323,12 @@ def inference_pipeline(resources: dict, session=None):
     report = notebook_step(
         "ForecastReport", "forecast_report", **step,
         inputs={"transform": transform.properties.TransformOutput.S3OutputPath,
-                "index": prepared["index"].S3Output.S3Uri, "state": feature_state},
+                "index": prepared["index"].S3Output.S3Uri, "state": resolved("FeatureStateUri")},
         outputs=["forecasts"],
         parameters={"transform_dir": f"{PROCESSING_ROOT}/input/transform", "index_dir": f"{PROCESSING_ROOT}/input/index",
-                    "state_dir": f"{PROCESSING_ROOT}/input/state", "output_dir": f"{PROCESSING_ROOT}/output/forecasts",
-                    "execution_id": ExecutionVariables.PIPELINE_EXECUTION_ID})
-    return Pipeline(name=INFERENCE_PIPELINE, sagemaker_session=session, steps=[prepare, transform, report],
-                    parameters=[input_data, model_name, feature_state, processing_instance_type, transform_instance_type])
+                    "state_dir": f"{PROCESSING_ROOT}/input/state", "output_dir": f"{PROCESSING_ROOT}/output/forecasts"})
+    return Pipeline(name=INFERENCE_PIPELINE, sagemaker_session=session, steps=[resolve, create, prepare, transform, report],
+                    parameters=[input_data, model_package_group, model_package_arn, processing_instance_type, transform_instance_type])
 
 # %% ../nbs/05_pipelines.ipynb #c169309f
 PIPELINES = {TRAINING_PIPELINE: training_pipeline, INFERENCE_PIPELINE: inference_pipeline}

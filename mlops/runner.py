@@ -20,7 +20,7 @@ from .files import sha256
 
 # %% auto #0
 __all__ = ['LOCAL_BUCKET', 'PIPELINES', 'LOCAL_PARAMETERS', 'local_values', 'local_definition', 'stage_step_notebooks',
-           'stage_local_inputs', 'model_feature_state', 'latest_feature_state', 'resumed_pipeline', 'run']
+           'stage_local_inputs', 'check_model_package', 'resumed_pipeline', 'run']
 
 # %% ../nbs/08_runner.ipynb #08688257
 LOCAL_BUCKET = "mlops-local"
@@ -65,6 +65,7 @@ def stage_step_notebooks(home: Path) -> list[str]:
 def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: Path, data: str | Path | None = None) -> dict:
     "Put the step notebooks and the input data in the local store; return the parameter overrides this implies."
     from mlops.config import FORECAST
+    if pipeline == "inference": check_model_package(definition, parameters, home)  # before anything is written
     from mlops.data.demo import write_demo_data
     store, overrides = LocalStore(home / "store"), dict(parameters)
     stage_step_notebooks(home)
@@ -86,27 +87,15 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
         overrides["InputDataUri"] = uri
     if pipeline == "training":
         overrides = {**LOCAL_PARAMETERS["training"], **overrides}
-    if pipeline == "inference" and "FeatureStateUri" not in overrides:
-        overrides["FeatureStateUri"] = model_feature_state(overrides.get("ModelName", "deepar-forecast"), home) or latest_feature_state(home)
     return overrides
 
-def model_feature_state(model_name: str, home: Path) -> str | None:
-    "The feature state that the model package version `model_name` (a group: its latest Approved version) was trained with."
-    from mlops.tracking import TrackingError
-    from mlops.tracking import ModelNotFound
-    from mlops.tracking.registry import resolve_model_package
-    if Records(home / "runs.db").model(model_name): return None  # a CreateModel name: no registry entry
-    try: return resolve_model_package(model_name, home)["tags"].get("metadata.feature_state_uri")
-    except (ModelNotFound, TrackingError): return None  # the Transform step reports it
-
-def latest_feature_state(home: Path) -> str:
-    "The feature state URI of the latest successful training execution."
-    for row in Records(home / "runs.db").executions(limit=200):
-        if row and row["status"] == "Succeeded":
-            state = Execution.load(row["id"], home).outputs.get("FeatureEngineering", {}).get("state")
-            if state: return state
-    raise DefinitionNotRunnable("no feature state: no training execution has succeeded here. Fix: run the training "
-                                "pipeline first (`mlops run`), or pass -p FeatureStateUri=...")
+def check_model_package(definition: dict, parameters: dict, home: Path) -> dict:
+    "The model package the inference pipeline would use with `parameters` (what its ResolveModel step will answer); DefinitionNotRunnable if none."
+    from mlops.remote.packages import PackageNotUsable, resolve_locally
+    defaults = {p["Name"]: p.get("DefaultValue") for p in definition.get("Parameters", [])}
+    group = parameters.get("ModelPackageGroupName", defaults.get("ModelPackageGroupName", ""))
+    try: return resolve_locally(group, parameters.get("ModelPackageArn", defaults.get("ModelPackageArn") or ""), home)
+    except PackageNotUsable as e: raise DefinitionNotRunnable(str(e)) from None
 
 # %% ../nbs/08_runner.ipynb #eee10b2b
 def resumed_pipeline(execution_id: str, home: Path, names: dict[str, str]) -> str:

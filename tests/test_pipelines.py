@@ -19,7 +19,6 @@ from mlops.definition.graph import all_steps, step_edges
 from mlops.render import TEMPLATE_FILES
 
 TEMPLATES = project_root() / "templates"
-EXECUTION_ID = {"Get": "Execution.PipelineExecutionId"}
 
 
 def load(name: str) -> dict:
@@ -54,12 +53,14 @@ def test_the_steps_and_their_types():
         "FeatureEngineering": "Processing", "TrainDeepAR": "Training", "CheckQuality": "Condition",
         "RegisterModel": "RegisterModel", "CreateModel": "Model", "QualityTooLow": "Fail"}
     assert {n: s["Type"] for n, s in by_name(load("DeepARBatchInference")).items()} == {
-        "PrepareInference": "Processing", "BatchTransform": "Transform", "ForecastReport": "Processing"}
+        "ResolveModel": "Processing", "CreateModel": "Model", "PrepareInference": "Processing", "BatchTransform": "Transform",
+        "ForecastReport": "Processing"}
 
 
 @pytest.mark.parametrize("pipeline,step,notebook,mode", [("DeepARTraining", "FeatureEngineering", "feature_engineering", "train"),
                                                          ("DeepARBatchInference", "PrepareInference", "feature_engineering", "infer"),
-                                                         ("DeepARBatchInference", "ForecastReport", "forecast_report", None)])
+                                                         ("DeepARBatchInference", "ForecastReport", "forecast_report", None),
+                                                         ("DeepARBatchInference", "ResolveModel", "resolve_model", None)])
 def test_processing_steps_run_step_notebooks_through_the_entry_point(pipeline, step, notebook, mode):
     step = by_name(load(pipeline))[step]
     arguments = step["Arguments"]
@@ -70,7 +71,9 @@ def test_processing_steps_run_step_notebooks_through_the_entry_point(pipeline, s
     assert output_notebook == f"/opt/ml/processing/output/report/{notebook}.ipynb"
     declared = declared_parameters(step_notebook(notebook))  # the notebook's real parameters cell
     assert set(parameters) <= set(declared), set(parameters) - set(declared)
-    assert parameters["execution_id"] == EXECUTION_ID  # from the SDK's execution variables
+    # nothing SageMaker compares for the step cache holds the execution id (the notebook reads it from the job's config)
+    assert "Execution." not in json.dumps(arguments["AppSpecification"]) + json.dumps(arguments["ProcessingInputs"])
+    assert "Execution." not in json.dumps(arguments.get("Environment", {}))
     if mode:
         assert parameters["mode"] == mode
     inputs = {i["InputName"]: i["S3Input"] for i in arguments["ProcessingInputs"]}
@@ -91,7 +94,7 @@ def test_feature_engineering_gets_the_forecast_parameters_of_the_training_job(tr
     for name in ("prediction_length", "context_length"):
         assert parameters[name] == hyperparameters[name]
     assert parameters["test_windows"] == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.TestWindows"}]}}  # an Integer, as text (#4867)
-    assert set(notebook_call(training["FeatureEngineering"])[2]) >= {"input_dir", "output_dir", "mode", "execution_id"}
+    assert set(notebook_call(training["FeatureEngineering"])[2]) >= {"input_dir", "output_dir", "mode"}
 
 
 def test_every_deepar_hyperparameter_is_a_string_parameter_with_its_default():
@@ -143,7 +146,8 @@ def test_quality_gate_registers_or_fails_with_metric_value_and_threshold(trainin
 
 def test_batch_transform_uses_json_lines_and_deepar_inference_config(inference):
     arguments = inference["BatchTransform"]["Arguments"]
-    assert arguments["ModelName"] == {"Get": "Parameters.ModelName"}
+    assert arguments["ModelName"] == {"Get": "Steps.CreateModel.ModelName"}
+    assert arguments["BatchStrategy"] == "SingleRecord"  # DeepAR Inference Formats: the defaults fail at run time
     assert arguments["TransformInput"]["ContentType"] == "application/jsonlines"
     assert arguments["TransformInput"]["SplitType"] == "Line" and arguments["TransformOutput"]["AssembleWith"] == "Line"
     assert arguments["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == {
@@ -153,15 +157,34 @@ def test_batch_transform_uses_json_lines_and_deepar_inference_config(inference):
     report_inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in inference["ForecastReport"]["Arguments"]["ProcessingInputs"]}
     assert report_inputs["transform"] == {"Get": "Steps.BatchTransform.TransformOutput.S3OutputPath"}
     assert report_inputs["index"] == {"Get": "Steps.PrepareInference.ProcessingOutputConfig.Outputs['index'].S3Output.S3Uri"}
-    assert report_inputs["state"] == {"Get": "Parameters.FeatureStateUri"}
+    assert report_inputs["state"] == RESOLVED("FeatureStateUri")
     assert {p["Name"] for p in load("DeepARBatchInference")["Parameters"]} >= {
-        "InputDataUri", "ModelName", "FeatureStateUri", "TransformInstanceType"}
+        "InputDataUri", "ModelPackageGroupName", "ModelPackageArn", "TransformInstanceType"}
+
+
+def RESOLVED(field):
+    return {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.ResolveModel.PropertyFiles.ResolvedModel"}, "Path": field}}
+
+
+def test_the_inference_pipeline_resolves_its_model_package_and_feature_state(inference):
+    resolve = inference["ResolveModel"]
+    assert resolve["PropertyFiles"] == [{"PropertyFileName": "ResolvedModel", "OutputName": "model", "FilePath": "model.json"}]
+    _, _, parameters = notebook_call(resolve)
+    assert parameters["model_package_group_name"] == {"Get": "Parameters.ModelPackageGroupName"}
+    assert parameters["model_package_arn"] == {"Get": "Parameters.ModelPackageArn"}
+    assert "CacheConfig" not in resolve  # which version is the latest Approved changes without its arguments changing
+    assert inference["CreateModel"]["Arguments"]["PrimaryContainer"] == {"ModelPackageName": RESOLVED("ModelPackageArn")}
+    prepare_inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in inference["PrepareInference"]["Arguments"]["ProcessingInputs"]}
+    assert prepare_inputs["state"] == RESOLVED("FeatureStateUri")
+    defaults = {p["Name"]: p.get("DefaultValue") for p in load("DeepARBatchInference")["Parameters"]}
+    assert defaults["ModelPackageArn"] == "" and defaults["ModelPackageGroupName"] == "deepar-forecast"
+    assert defaults["ModelPackageGroupName"] == {p["Name"]: p.get("DefaultValue") for p in load("DeepARTraining")["Parameters"]}["ModelPackageGroupName"]
 
 
 def test_retries_everywhere_and_caching_on_job_steps_only():
     for name in TEMPLATE_FILES:
         for step in all_steps(load(name)):
-            if step["Type"] in ("Processing", "Training", "Transform"):
+            if step["Type"] in ("Processing", "Training", "Transform") and step["Name"] != "ResolveModel":
                 assert step["CacheConfig"] == {"Enabled": True, "ExpireAfter": "P30D"}, step["Name"]
                 kinds = {t for policy in step["RetryPolicies"] for t in policy["ExceptionType"]}
                 assert {"Step.THROTTLING", "SageMaker.CAPACITY_ERROR"} <= kinds, step["Name"]
@@ -171,7 +194,8 @@ def test_retries_everywhere_and_caching_on_job_steps_only():
 
 def test_the_dag_edges():
     assert set(step_edges(load("DeepARBatchInference"))) == {
-        ("PrepareInference", "BatchTransform", ""), ("PrepareInference", "ForecastReport", ""),
+        ("ResolveModel", "CreateModel", ""), ("ResolveModel", "PrepareInference", ""), ("ResolveModel", "ForecastReport", ""),
+        ("CreateModel", "BatchTransform", ""), ("PrepareInference", "BatchTransform", ""), ("PrepareInference", "ForecastReport", ""),
         ("BatchTransform", "ForecastReport", "")}
     edges = set(step_edges(load("DeepARTraining")))
     assert {("FeatureEngineering", "TrainDeepAR", ""), ("TrainDeepAR", "CheckQuality", ""),

@@ -59,23 +59,33 @@ def test_training_pipeline_end_to_end(trained: Execution):
 
 
 def test_inference_pipeline_on_the_trained_model(workspace, trained: Execution):
-    model = trained.outputs["CreateModel"]["model_name"]
-    result = mlops(workspace, "run", "--pipeline", "inference", "--data", workspace["root"] / "future.csv", "-p", f"ModelName={model}")
+    arn = trained.step("RegisterModel").properties["ModelPackageArn"]
+    infer = ["run", "--pipeline", "inference", "--data", workspace["root"] / "future.csv"]
+    before = latest(workspace).id
+    # the version is PendingManualApproval: neither the group nor its ARN gives a usable model, and nothing runs
+    refused = mlops(workspace, *infer)
+    assert refused.returncode == 2
+    message = " ".join(refused.stderr.split())
+    assert "model package group 'deepar-forecast' has no Approved version" in message and "Traceback" not in message
+    assert "mlops models approve deepar-forecast" in message
+    refused = mlops(workspace, *infer, "-p", f"ModelPackageArn={arn}")
+    assert refused.returncode == 2
+    assert "is PendingManualApproval: CreateModel needs an Approved package" in " ".join(refused.stderr.split())
+    missing = mlops(workspace, *infer, "-p", "ModelPackageArn=arn:aws:sagemaker:local:000000000000:model-package/deepar-forecast/9")
+    assert missing.returncode == 2 and "has no version 9" in " ".join(missing.stderr.split())
+    assert latest(workspace).id == before  # nothing was run
+
+    assert mlops(workspace, "models", "approve", "deepar-forecast", str(trained.step("RegisterModel").properties["ModelPackageVersion"])).returncode == 0
+    result = mlops(workspace, *infer, "-p", f"ModelPackageArn={arn}")
     assert result.returncode == 0, result.stdout + result.stderr
     execution = latest(workspace)
-    assert [s.name for s in execution.steps] == ["PrepareInference", "BatchTransform", "ForecastReport"]
+    assert [s.name for s in execution.steps] == ["ResolveModel", "CreateModel", "PrepareInference", "BatchTransform", "ForecastReport"]
+    assert execution.step("CreateModel").properties["PrimaryContainer"]["ModelPackageName"] == arn
+    assert execution.step("PrepareInference").io.inputs["state"] == trained.outputs["FeatureEngineering"]["state"]
     forecasts = (execution.home / "store" / execution.outputs["ForecastReport"]["forecasts"][len("s3://"):] / "forecasts.csv")
     lines = forecasts.read_text().splitlines()
     assert len(lines) == 1 + 6 * 7  # header + 6 items × 7 days
     assert lines[1].startswith(f"{execution.id},item_001,0,2022-05-01")
-
-
-def test_inference_refuses_a_group_without_an_approved_version(workspace, trained):
-    result = mlops(workspace, "run", "--pipeline", "inference", "--data", workspace["root"] / "future.csv")
-    assert result.returncode == 1
-    message = " ".join(result.stderr.split())
-    assert "model package group 'deepar-forecast' has no Approved version" in message
-    assert "mlops models approve deepar-forecast" in message
 
 
 def test_quality_gate_fails_the_run_with_its_message(workspace, trained):

@@ -51,7 +51,33 @@ def forecast_report_small(tmp_path: Path):
     assert all(line.startswith("exec-2,") for line in forecasts[1:])
 
 
-SMALL_RUNS = {"feature_engineering": feature_engineering_small, "forecast_report": forecast_report_small}
+def resolve_model_small(tmp_path: Path):
+    "Two versions in a private MLflow registry, the first approved: resolved by group, by ARN, and refused when not approved."
+    import os
+    from mlops.tracking.store import client
+    home = tmp_path / "home"
+    c = client(home)
+    c.create_registered_model("sales")
+    for version, status in ((1, "Approved"), (2, "PendingManualApproval")):
+        c.create_model_version("sales", source=f"s3://b/v{version}", tags={
+            "ModelApprovalStatus": status, "Image": "forecasting-deepar:local", "ModelDataUrl": f"s3://b/v{version}/model.tar.gz",
+            "metadata.feature_state_uri": f"s3://b/v{version}/state", "metadata.pipeline_execution_id": f"exec-{version}"})
+    env = {**os.environ, "MLOPS_HOME": str(home)}
+    def resolve(name, **parameters):
+        args = [sys.executable, "-m", "mlops.processing", "resolve_model", "--output-notebook", str(tmp_path / name / "report.ipynb"),
+                "-p", "output_dir", str(tmp_path / name)]
+        for key, value in parameters.items(): args += ["-p", key, value]
+        return subprocess.run(args, capture_output=True, text=True, env=env)
+    assert resolve("latest", model_package_group_name="sales").returncode == 0
+    latest = json.loads((tmp_path / "latest" / "model.json").read_text())
+    assert (latest["ModelPackageVersion"], latest["FeatureStateUri"], latest["TrainingExecutionId"]) == (1, "s3://b/v1/state", "exec-1")
+    refused = resolve("v2", model_package_arn="arn:aws:sagemaker:local:000000000000:model-package/sales/2")
+    assert refused.returncode == 1 and "is PendingManualApproval: CreateModel needs an Approved package" in refused.stderr
+    assert not (tmp_path / "v2" / "model.json").exists()
+
+
+SMALL_RUNS = {"feature_engineering": feature_engineering_small, "forecast_report": forecast_report_small,
+              "resolve_model": resolve_model_small}
 
 
 @pytest.mark.parametrize("notebook", STEP_NOTEBOOKS)

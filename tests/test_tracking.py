@@ -120,7 +120,7 @@ def test_registry_holds_a_version_pending_manual_approval(trained, client):
 def test_after_approval_the_inference_pipeline_picks_the_version(workspace, trained, client):
     from mlops.tracking.registry import model_versions
     refused = mlops(workspace, "run", "--pipeline", "inference", "--data", workspace["root"] / "future.csv")
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # refused before anything runs
     assert f"mlops models approve {GROUP} 1" in " ".join(refused.stderr.split())
 
     listed = mlops(workspace, "models", "list")
@@ -143,7 +143,7 @@ def test_after_approval_the_inference_pipeline_picks_the_version(workspace, trai
     assert transform["ModelPackageArn"] == f"arn:aws:sagemaker:local:000000000000:model-package/{GROUP}/1"
     assert transform["ModelDataUrl"] == trained.outputs["TrainDeepAR"]["model"]
     # the feature state the model was trained with, from the version's metadata
-    assert inference.parameters["FeatureStateUri"] == trained.outputs["FeatureEngineering"]["state"]
+    assert inference.step("PrepareInference").io.inputs["state"] == trained.outputs["FeatureEngineering"]["state"]
     run = execution_run(inference.id, inference.home)
     assert nested_runs(client, run)["BatchTransform"].data.params["ModelPackageArn"] == transform["ModelPackageArn"]
 

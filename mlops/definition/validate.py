@@ -70,7 +70,8 @@ SCHEMA_OVERLAY = [
                  "ProcessingS3Output.S3Uri", "Std:Join takes On and Values (the schema's own JoinFunction forbids On)"),
     OverlayEntry("/definitions/StringArgumentValue",
                  {"anyOf": [{"type": "string"}, {"$ref": "#/definitions/GetFunction"}, {"$ref": "#/definitions/JoinFunction"},
-                            {"type": "object", "required": ["Std:JsonGet"], "additionalProperties": False}]},
+                            {"type": "object", "required": ["Std:JsonGet"], "properties": {"Std:JsonGet": {"type": "object"}},
+                             "additionalProperties": False}]},
                  "ProcessingS3Output.S3Uri",
                  "a string member may be computed: Std:Join and Std:JsonGet evaluate to strings (execution-scoped S3 URIs)"),
     OverlayEntry("/definitions/RetryPolicy/properties/ExceptionType",
@@ -91,6 +92,12 @@ SCHEMA_OVERLAY = [
                  "CreateModelPackageInput.ModelApprovalStatus", "the approval status a registered version starts with"),
     OverlayEntry(f"{_REGISTER_ARGS}/SkipModelValidation", _STRING,
                  "CreateModelPackageInput.SkipModelValidation", "the SDK emits it on every registration"),
+    OverlayEntry("/definitions/ProcessingStep/properties/PropertyFiles",
+                 {"type": "array", "items": {"type": "object", "required": ["PropertyFileName", "OutputName", "FilePath"],
+                                             "properties": {k: {"type": "string", "minLength": 1} for k in ("PropertyFileName", "OutputName", "FilePath")},
+                                             "additionalProperties": False}},
+                 "ProcessingOutput.OutputName", "a processing step's property files, each a JSON file in one of its outputs, read "
+                 "with Std:JsonGet (https://docs.aws.amazon.com/sagemaker/latest/dg/build-and-manage-propertyfile.html); the schema omits them"),
     OverlayEntry("/definitions/ContainerDefinition/properties/ModelDataUrl", _STRING,
                  "ContainerDefinition.ModelDataUrl", "the model artifact usually comes from a training step (a Get)"),
 ]

@@ -114,13 +114,13 @@ def cached_step(self: Records, cache_key, not_before: float) -> dict | None:
     return _step_row(rows[0]) if rows else None
 
 def model(self: Records, name: str) -> dict | None:
-    "The image and ModelDataUrl of the model that a CreateModel (Model) step named `name`."
+    "The image and ModelDataUrl of the model that a CreateModel (Model) step named `name` (and `arn`: its model package, if any)."
     rows = self.execute("SELECT properties FROM steps WHERE type='Model' AND status='Succeeded' AND "
                         "json_extract(properties, '$.ModelName')=? LIMIT 1", name)
     if not rows: return None
     properties = json.loads(rows[0]["properties"])
     container = properties.get("PrimaryContainer") or (properties.get("Containers") or [{}])[0]
-    return {"image": container.get("Image"), "model_data_url": container.get("ModelDataUrl")}
+    return {"image": container.get("Image"), "model_data_url": container.get("ModelDataUrl"), "arn": container.get("ModelPackageName")}
 
 def stop_steps(self: Records, execution_id, ended: float | None):
     "The steps still Executing in `execution_id` become Stopped (`ended`: when, None if unknown: the process was killed)."

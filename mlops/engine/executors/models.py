@@ -10,27 +10,46 @@ from . import Executor, StepIO, StepRun
 from .deepar import is_deepar_image
 
 # %% auto #0
-__all__ = ['model_container', 'CreateModelExecutor', 'RegisterModelExecutor']
+__all__ = ['model_container', 'package_container', 'CreateModelExecutor', 'RegisterModelExecutor']
 
 # %% ../../../nbs/engine/executors/03_models.ipynb #b567ccca
 def model_container(arguments: dict) -> dict:
     "The (first) container of a CreateModel request."
     return arguments.get("PrimaryContainer") or (arguments.get("Containers") or [{}])[0]
 
-class CreateModelExecutor(Executor):
-    "Model (CreateModel) with the forecasting-deepar image: recorded with its step."
-    step_type, runs = "Model", "CreateModel with the forecasting-deepar image"
+def package_container(step: StepRun, container: dict) -> dict:
+    "`container` with the image and data of the (Approved, DeepAR) model package its `ModelPackageName` names."
+    if step.execution.registry is None: raise StepError(f"{step.name}: a model from a package needs a model registry (tracking on).")
+    name = container["ModelPackageName"]
+    try: package = step.execution.registry.resolve(name)
+    except LookupError as e: raise StepError(f"{step.name}: {e}") from None
+    if package.get("status", "Approved") != "Approved":
+        raise StepError(f"{step.name}: model package {name} is {package['status']}: CreateModel needs an Approved package.")
+    if not is_deepar_image(package.get("image")):
+        raise StepError(f"{step.name}: model package {name} uses image {package.get('image')}; only DeepAR models run locally.")
+    return {**container, "Image": package["image"], "ModelDataUrl": package["model_data_url"]}
 
-    def accepts(self, arguments: dict) -> bool: return is_deepar_image(model_container(arguments).get("Image"))
+class CreateModelExecutor(Executor):
+    "Model (CreateModel) with the forecasting-deepar image, or from a model package: recorded with its step."
+    step_type, runs = "Model", "CreateModel with the forecasting-deepar image, or from a DeepAR model package"
+
+    def accepts(self, arguments: dict) -> bool:
+        container = model_container(arguments)
+        return is_deepar_image(container.get("Image")) or bool(container.get("ModelPackageName"))
 
     def run(self, step: StepRun) -> dict:
-        if not model_container(step.arguments).get("ModelDataUrl"): raise StepError(f"{step.name}: the model has no ModelDataUrl.")
-        return {**step.arguments, "ModelName": step.execution.job_name(step.name)}
+        args, container = step.arguments, model_container(step.arguments)
+        if container.get("ModelPackageName"):
+            args = {**args, "PrimaryContainer": package_container(step, container)}
+        elif not container.get("ModelDataUrl"): raise StepError(f"{step.name}: the model has no ModelDataUrl.")
+        return {**args, "ModelName": step.execution.job_name(step.name)}
 
     def describe(self, p: dict) -> StepIO:
-        return StepIO(inputs={"model": model_container(p).get("ModelDataUrl")} if model_container(p).get("ModelDataUrl") else {},
+        container = model_container(p)
+        package = f" from {container['ModelPackageName']}" if isinstance(container.get("ModelPackageName"), str) else ""
+        return StepIO(inputs={"model": container.get("ModelDataUrl")} if isinstance(container.get("ModelDataUrl"), str) else {},
                       outputs={"model_name": p["ModelName"]} if "ModelName" in p else {},
-                      summary=f"model: {p['ModelName']}" if "ModelName" in p else None)
+                      summary=f"model: {p['ModelName']}{package}" if "ModelName" in p else None)
 
 # %% ../../../nbs/engine/executors/03_models.ipynb #ea3d9647
 def _package_container(arguments: dict) -> dict:
