@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from ..config import TEMPLATE_KEYS
+from .rules import value_problems
 
 # %% auto #0
 __all__ = ['PLACEHOLDER', 'KEYS_FILE', 'placeholder', 'placeholders_in', 'FillError', 'fill_definition', 'known_keys_for',
@@ -44,6 +45,7 @@ def fill_definition(template, values: dict, known_keys=None):
         problems.append(f"values must be strings: {', '.join(not_strings)}")
     if missing := sorted(placeholders_in(template) - set(values)):
         problems.append(f"missing values for keys: {', '.join(missing)}")
+    problems += value_problems({k: v for k, v in values.items() if k in known})  # S3, IAM, KMS and ECR rules
     if problems:
         raise FillError("; ".join(problems) + ".")
     def fill_text(text: str) -> str:

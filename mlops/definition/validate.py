@@ -15,6 +15,7 @@ from pathlib import Path
 from .expressions import (EXECUTION_VARIABLES, STEP_EXECUTION_VARIABLES, expressions, gets, is_expression,
                                          json_get_problem, reference_target)
 from .graph import find_cycle, json_pointer, located_steps, own_arguments, step_edges
+from .rules import service_rule_problems, template_body_problem
 from .templates import PLACEHOLDER, placeholder
 
 # %% auto #0
@@ -30,7 +31,7 @@ class DefinitionError:
     step: str | None
     pointer: str
     message: str
-    check: str  # schema, api, semantic or deepar
+    check: str  # schema, api, semantic, deepar or service (mlops.definition.rules)
 
     def __str__(self):
         return f"{'step ' + self.step if self.step else 'pipeline'} at {self.pointer or '/'}: {self.message} [{self.check}]"
@@ -339,10 +340,12 @@ def deepar_errors(definition: dict) -> list[DefinitionError]:
 
 # %% ../../nbs/definition/05_validate.ipynb #77625a40
 def validate_definition(definition) -> list[DefinitionError]:
-    "Every problem of a pipeline definition (templated or filled): schema, SageMaker API, semantics, DeepAR."
+    "Every problem of a pipeline definition (templated or filled): schema, SageMaker API, semantics, DeepAR, service rules."
     if not isinstance(definition, dict):
         return [DefinitionError(None, "", "a pipeline definition is a JSON object", "schema")]
-    return schema_errors(definition) + api_errors(definition) + semantic_errors(definition) + deepar_errors(definition)
+    service = [DefinitionError(step, pointer, message, "service") for step, pointer, message in
+               service_rule_problems(definition, [(s.pointer, s.step) for s in located_steps(definition)])]
+    return schema_errors(definition) + api_errors(definition) + semantic_errors(definition) + deepar_errors(definition) + service
 
 def load_definition(path: str | Path) -> dict:
     "A definition read from a JSON file; an unreadable file raises `DefinitionInvalid` with the line and column."
@@ -356,7 +359,11 @@ def load_definition(path: str | Path) -> dict:
                                                                       f"column {e.colno}", "schema")]) from None
 
 def validate_file(path: str | Path) -> list[DefinitionError]:
-    "Every problem of the definition in the JSON file `path`."
+    "Every problem of the definition in the JSON file `path` (a CloudFormation template, .yaml: its size as a template body)."
+    if Path(path).suffix in (".yaml", ".yml", ".template"):
+        try: problem = template_body_problem(Path(path).read_text())
+        except OSError as e: return [DefinitionError(None, "", f"cannot read it: {e}", "schema")]
+        return [DefinitionError(None, "", problem, "service")] if problem else []
     try:
         return validate_definition(load_definition(path))
     except DefinitionInvalid as e:

@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 from ...definition.expressions import as_text
+from ...definition.rules import DEEPAR_CONTENT_TYPES, deepar_transform_problems
 from .. import StepError
 from . import Executor, StepIO, StepRun
 from ..processes import run_command
 
 # %% auto #0
-__all__ = ['DEEPAR_CONTENT_TYPES', 'is_deepar_image', 'DeepARTrainingExecutor', 'check_transform_request', 'payload_limit',
-           'check_payloads', 'assemble', 'resolve_model', 'DeepARTransformExecutor']
+__all__ = ['is_deepar_image', 'DeepARTrainingExecutor', 'check_transform_request', 'payload_limit', 'check_payloads', 'assemble',
+           'resolve_model', 'DeepARTransformExecutor']
 
 # %% ../../../nbs/engine/executors/02_deepar.ipynb #4726a06f
 def is_deepar_image(image) -> bool:
@@ -59,23 +60,9 @@ class DeepARTrainingExecutor(Executor):
                       metrics={m["MetricName"]: float(m["Value"]) for m in p.get("FinalMetricDataList", [])})
 
 # %% ../../../nbs/engine/executors/02_deepar.ipynb #2d977315
-DEEPAR_CONTENT_TYPES = ("application/jsonlines", "application/json")
-
 def check_transform_request(arguments: dict):
-    "StepError naming the rule when a DeepAR transform request is one SageMaker's DeepAR would fail."
-    source, output = arguments.get("TransformInput", {}), arguments.get("TransformOutput", {})
-    if (content := source.get("ContentType")) is not None and content not in DEEPAR_CONTENT_TYPES:
-        raise StepError(f"ContentType {content!r}: DeepAR batch transform reads JSON Lines ({DEEPAR_CONTENT_TYPES[0]}).")
-    if (accept := output.get("Accept")) is not None and accept not in DEEPAR_CONTENT_TYPES:
-        raise StepError(f"Accept {accept!r}: DeepAR batch transform writes JSON Lines ({DEEPAR_CONTENT_TYPES[0]}).")
-    if source.get("SplitType", "None") != "Line":
-        raise StepError(f"SplitType {source.get('SplitType', 'None')!r}: DeepAR batch transform needs SplitType 'Line' "
-                        "(DeepAR Inference Formats: the default values cause runtime failures).")
-    if arguments.get("BatchStrategy") not in ("SingleRecord", "MultiRecord"):
-        raise StepError(f"BatchStrategy {arguments.get('BatchStrategy')!r}: DeepAR batch transform needs BatchStrategy "
-                        "'SingleRecord' (or 'MultiRecord') (DeepAR Inference Formats: the default values cause runtime failures).")
-    if not 0 < payload_limit(arguments) <= 100 * 2**20:
-        raise StepError(f"MaxPayloadInMB {arguments.get('MaxPayloadInMB')!r}: DeepAR needs 1 to 100 (0, chunked encoding, is not supported).")
+    "StepError naming the rule when a DeepAR transform request is one SageMaker's DeepAR would fail (`mlops.definition.rules`)."
+    if problems := deepar_transform_problems(arguments): raise StepError(problems[0][1])
 
 def payload_limit(arguments: dict) -> float:
     "MaxPayloadInMB in bytes (6 MB by default)."
