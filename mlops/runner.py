@@ -139,5 +139,6 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         definition = local_definition(pipeline)
         parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
     name = names[pipeline]
-    return run_definition(definition, parameters, pipeline=name, home=home, listeners=[*listeners, *([tracker] if tracker else [])],
-                          registry=tracker, **options)
+    from mlops.engine.events import EventWriter  # every transition, as SageMaker's EventBridge events, in .mlops/events.jsonl
+    return run_definition(definition, parameters, pipeline=name, home=home,
+                          listeners=[*listeners, EventWriter(home), *([tracker] if tracker else [])], registry=tracker, **options)
