@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -184,3 +185,30 @@ def test_a_failure_then_its_resume(workspace):
 def test_events_of_an_unknown_execution_is_one_error(workspace):
     result = mlops(workspace, "events", "20990101T000000-nope00", "--follow")
     assert result.returncode == 2 and "no execution '20990101T000000-nope00'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_killed_execution_resumed_goes_on_from_stopped(workspace):
+    "A SIGKILL leaves no end in the file; the resume's lines say what the records say: the execution and its running step were Stopped."
+    before = set(execution_ids(workspace)) if (workspace["home"] / "events.jsonl").is_file() else set()
+    args = [a if a != "Epochs=1" else "Epochs=3" for a in TINY]
+    process = subprocess.Popen([*MLOPS, "run", "--data", workspace["root"] / "train.csv", *args, "--no-cache"], cwd=workspace["root"],
+                               env={**os.environ, **workspace["env"]}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 240
+    while not any(c == ("TrainDeepAR", None, "Executing") for c in changes(events_of(workspace)[-3:])):
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    (execution_id,) = set(execution_ids(workspace)) - before
+    killed = events_of(workspace, execution_id)
+    assert changes(killed)[-1] == ("TrainDeepAR", None, "Executing")  # no end was written
+
+    result = mlops(workspace, "run", "--resume", execution_id)
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = events_of(workspace, execution_id)
+    assert events[:len(killed)] == killed
+    for event in events: check_shape(event)
+    assert changes(events[len(killed):]) == [("execution", "Stopped", "Executing"), ("TrainDeepAR", "Stopped", "Executing"),
+                                             ("TrainDeepAR", "Executing", "Succeeded"), *ran(TRAINING_STEPS[2:]),
+                                             ("execution", "Executing", "Succeeded")]
