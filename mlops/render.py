@@ -17,6 +17,7 @@ from .definition.templates import KEYS_FILE, PLACEHOLDER, FillError, fill_defini
 from .definition.validate import DefinitionInvalid, load_definition, validate_definition
 from .files import atomic_write, sha256, text_sha256
 from .pipelines import INFERENCE_PIPELINE, TRAINING_PIPELINE
+from .stack import ROLE, add_production_stack, with_group_parameter, yaml_text
 
 # %% auto #0
 __all__ = ['SENTINEL_MARK', 'SENTINEL_ACCOUNT', 'TEMPLATE_FILES', 'CLOUDFORMATION_FILE', 'FINGERPRINT_FILE', 'MAX_TEMPLATE_BYTES',
@@ -84,33 +85,23 @@ def sub_body(template) -> str:
     text = json.dumps(template, sort_keys=True, separators=(",", ":"), ensure_ascii=True).replace("${", "${!")
     return PLACEHOLDER.sub(lambda m: "${" + m.group(1) + "}", text)
 
-def _yaml_text(text: str) -> str:
-    return json.dumps(text)  # a JSON string is a valid double-quoted YAML scalar
-
 def cloudformation(templates: dict[str, dict]) -> str:
-    "cloudformation.yaml: one AWS::SageMaker::Pipeline per pipeline, every template key a Parameter, definitions through Fn::Sub."
+    """cloudformation.yaml: one AWS::SageMaker::Pipeline per pipeline, every template key a Parameter, definitions through
+    Fn::Sub; around them the production stack of `mlops.stack` (execution events, an optional least-privilege role)."""
     used = sorted({m.group(1) for t in templates.values() for m in PLACEHOLDER.finditer(json.dumps(t))},
                   key=list(TEMPLATE_KEYS).index)
-    lines = ['AWSTemplateFormatVersion: "2010-09-09"',
-             "Description: >-",
-             f"  SageMaker pipelines {', '.join(templates)} rendered by mlops render.",
-             "  Do not edit: change the pipelines notebook and render again.",
-             "Parameters:"]
-    for key in used:
-        lines += [f"  {key}:", "    Type: String", f"    Description: {_yaml_text(TEMPLATE_KEYS[key].description)}"]
-        if key == "RoleArn":
-            lines.append('    AllowedPattern: "^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"')
-    lines.append("Resources:")
-    for name, template in templates.items():
-        lines += [f"  {name}Pipeline:", "    Type: AWS::SageMaker::Pipeline", "    Properties:",
-                  f"      PipelineName: {name}", f"      PipelineDisplayName: {name}",
-                  f"      PipelineDescription: {_yaml_text(f'{name}, rendered by mlops render')}",
-                  "      RoleArn: !Ref RoleArn", "      PipelineDefinition:",
-                  f"        PipelineDefinitionBody: !Sub {_yaml_text(sub_body(template))}"]
-    lines.append("Outputs:")
-    for name in templates:
-        lines += [f"  {name}PipelineName:", f"    Value: !Ref {name}Pipeline"]
-    text = "\n".join(lines) + "\n"
+    template = {"AWSTemplateFormatVersion": "2010-09-09",
+                "Description": f"SageMaker pipelines {', '.join(templates)} rendered by mlops render, with their execution "
+                               "events and an optional least-privilege role. Do not edit: change the pipelines notebook and render again.",
+                "Parameters": {key: {"Type": "String", "Description": TEMPLATE_KEYS[key].description} for key in used},
+                "Resources": {}, "Outputs": {}}
+    for name, definition in templates.items():
+        body = sub_body(with_group_parameter(definition, templates))
+        template["Resources"][f"{name}Pipeline"] = {"Type": "AWS::SageMaker::Pipeline", "Properties": {
+            "PipelineName": name, "PipelineDisplayName": name, "PipelineDescription": f"{name}, rendered by mlops render",
+            "RoleArn": ROLE, "PipelineDefinition": {"PipelineDefinitionBody": {"Fn::Sub": [body, {"RoleArn": ROLE}]}}}}
+        template["Outputs"][f"{name}PipelineName"] = {"Value": {"Ref": f"{name}Pipeline"}}
+    text = yaml_text(add_production_stack(template, templates))
     if len(text.encode()) > MAX_TEMPLATE_BYTES:
         raise RenderError(f"cloudformation.yaml would be {len(text.encode())} bytes, over CloudFormation's "
                           f"{MAX_TEMPLATE_BYTES}: deploy the definitions through PipelineDefinitionS3Location instead.")

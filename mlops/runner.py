@@ -48,7 +48,7 @@ def local_definition(pipeline: str = "training", templates_dir: str | Path | Non
     if not unchanged_by_fingerprint(templates_dir):
         raise DefinitionNotRunnable(f"{templates_dir} is out of date with the pipeline code. Fix: run `mlops render`, "
                                     "review the diff and commit it.")
-    return fill_definition(json.loads(path.read_text()), local_values())
+    return fill_definition(json.loads(path.read_text()), local_values(), check_values=False)  # local names, not AWS resources
 
 # %% ../nbs/08_runner.ipynb #92ab803b
 def stage_step_notebooks(home: Path) -> list[str]:
@@ -128,5 +128,6 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         definition = local_definition(pipeline)
         parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
     name = names[pipeline]
-    return run_definition(definition, parameters, pipeline=name, home=home, listeners=[*listeners, *([tracker] if tracker else [])],
-                          registry=tracker, **options)
+    from mlops.engine.events import EventWriter  # every transition, as SageMaker's EventBridge events, in .mlops/events.jsonl
+    return run_definition(definition, parameters, pipeline=name, home=home,
+                          listeners=[*listeners, EventWriter(home), *([tracker] if tracker else [])], registry=tracker, **options)

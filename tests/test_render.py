@@ -158,7 +158,11 @@ HOSTILE = {"RoleArn": 'role "quoted" \\ back\\slash',
 @pytest.mark.parametrize("name", TEMPLATE_FILES.values())
 def test_fill_round_trip_with_hostile_values(name):
     template = json.loads((TEMPLATES / name).read_text())
-    filled = json.loads(json.dumps(fill_definition(template, HOSTILE)))  # still valid JSON
+    with pytest.raises(FillError) as refused:  # a values file like this is refused, every bad key named ...
+        fill_definition(template, HOSTILE)
+    assert all(f"{key}:" in str(refused.value) for key in ("RoleArn", "ArtifactBucket", "CodeLocation", "ProcessingImageUri", "DeepARImageUri"))
+    # ... and the substitution itself stays literal and single-pass whatever the text (the checks off)
+    filled = json.loads(json.dumps(fill_definition(template, HOSTILE, check_values=False)))  # still valid JSON
     keys = json.loads((TEMPLATES / KEYS_FILE).read_text())
     for key, entry in keys.items():
         for pointer in entry["used_in"].get(name, []):
@@ -209,7 +213,12 @@ def test_fill_validates_before_writing(tmp_path):
     values = tmp_path / "values.json"
     values.write_text(json.dumps({**example_values(), "RoleArn": "arn:aws:iam::not-an-account:role/x"}))
     out = tmp_path / "filled.json"
-    with pytest.raises(DefinitionInvalid, match="does not match the pattern of RoleArn"):
+    with pytest.raises(FillError, match="RoleArn: 'arn:aws:iam::not-an-account:role/x' is not an IAM role ARN"):
+        fill(TEMPLATES / TEMPLATE_FILES["DeepARBatchInference"], values, out)
+    assert not out.exists()
+    # a value of the right form that the API still refuses (a KMS alias longer than KmsKeyId's 2048 characters)
+    values.write_text(json.dumps({**example_values(), "KmsKeyId": "alias/" + "k" * 2048}))
+    with pytest.raises(DefinitionInvalid, match="longer than 2048 characters"):
         fill(TEMPLATES / TEMPLATE_FILES["DeepARBatchInference"], values, out)
     assert not out.exists()
 
@@ -220,7 +229,13 @@ class CfnLoader(yaml.SafeLoader):
     pass
 
 
-CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: {"!" + suffix: loader.construct_scalar(node)})
+def _tagged(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode): return {"!" + suffix: loader.construct_scalar(node)}
+    if isinstance(node, yaml.SequenceNode): return {"!" + suffix: loader.construct_sequence(node, deep=True)}
+    return {"!" + suffix: loader.construct_mapping(node, deep=True)}
+
+
+CfnLoader.add_multi_constructor("!", _tagged)
 
 
 def test_cloudformation_passes_cfn_lint():
@@ -231,14 +246,16 @@ def test_cloudformation_passes_cfn_lint():
 
 def test_cloudformation_substitutes_to_the_filled_definitions():
     stack = yaml.load((TEMPLATES / CLOUDFORMATION_FILE).read_text(), Loader=CfnLoader)
-    assert set(stack["Parameters"]) == set(TEMPLATE_KEYS)
-    values = example_values()
+    assert set(TEMPLATE_KEYS) <= set(stack["Parameters"])
+    # the stack's own parameters at their defaults (ModelPackageGroupName: the group the definitions default to)
+    values = {**{k: p["Default"] for k, p in stack["Parameters"].items() if "Default" in p}, **example_values()}
     for name, file in TEMPLATE_FILES.items():
         properties = stack["Resources"][f"{name}Pipeline"]["Properties"]
         assert stack["Resources"][f"{name}Pipeline"]["Type"] == "AWS::SageMaker::Pipeline"
-        body = properties["PipelineDefinition"]["PipelineDefinitionBody"]["!Sub"]
+        body, variables = properties["PipelineDefinition"]["PipelineDefinitionBody"]["!Sub"]
+        assert set(variables) == {"RoleArn"}  # the role the stack chooses: RoleArn when given
         substituted = re.sub(r"\$\{(\w+)\}", lambda m: json.dumps(values[m.group(1)])[1:-1], body).replace("${!", "${")
-        expected = fill_definition(json.loads((TEMPLATES / file).read_text()), values)
+        expected = fill_definition(json.loads((TEMPLATES / file).read_text()), example_values())
         assert json.loads(substituted) == expected
 
 

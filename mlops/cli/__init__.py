@@ -74,4 +74,4 @@ def format_time(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
 
 # %% ../../nbs/cli/00_cli.ipynb #1e62837d
-from . import deploy, local, registry  # noqa: E402,F401  the commands register on main
+from . import deploy, events, local, registry  # noqa: E402,F401  the commands register on main

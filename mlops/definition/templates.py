@@ -33,8 +33,9 @@ def placeholders_in(value) -> set[str]:
 class FillError(ValueError):
     "The values do not fit the template (missing or unknown keys, values that are not strings)."
 
-def fill_definition(template, values: dict, known_keys=None):
-    "`template` with every `{{ Key }}` replaced by `values[Key]`; raises `FillError` naming every missing or unknown key."
+def fill_definition(template, values: dict, known_keys=None, check_values: bool = True):
+    """`template` with every `{{ Key }}` replaced by `values[Key]`; raises `FillError` naming every missing or unknown key,
+    and (`check_values`) every value S3, IAM, KMS or ECR would refuse (`mlops.definition.rules.value_problems`)."""
     known = set(TEMPLATE_KEYS if known_keys is None else known_keys)
     problems = []
     if unknown := sorted(set(values) - known):
@@ -45,7 +46,7 @@ def fill_definition(template, values: dict, known_keys=None):
         problems.append(f"values must be strings: {', '.join(not_strings)}")
     if missing := sorted(placeholders_in(template) - set(values)):
         problems.append(f"missing values for keys: {', '.join(missing)}")
-    problems += value_problems({k: v for k, v in values.items() if k in known})  # S3, IAM, KMS and ECR rules
+    if check_values: problems += value_problems({k: v for k, v in values.items() if k in known})
     if problems:
         raise FillError("; ".join(problems) + ".")
     def fill_text(text: str) -> str:
