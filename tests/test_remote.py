@@ -167,7 +167,7 @@ def test_deploy_twice_the_second_is_a_no_op(server, values_file):
         assert head and tags["mlops:git-commit"].startswith(head)
     # the step notebooks the definitions name under CodeLocation are in S3, byte for byte
     bucket, prefix = values["CodeLocation"][5:].split("/", 1)
-    for notebook in ("feature_engineering", "forecast_report"):
+    for notebook in ("feature_engineering", "forecast_report", "resolve_model"):
         body = server.client("s3").get_object(Bucket=bucket, Key=f"{prefix}/{notebook}.ipynb")["Body"].read()
         assert body == step_notebook(notebook).read_bytes()
 
@@ -235,6 +235,34 @@ def test_start_with_parameters_then_watch(server, values_file):
     assert "ListPipelineExecutionSteps" in watched.stderr  # moto's gap is said, not hidden
     actions = server.actions()
     assert "SageMaker.DescribePipelineExecution" in actions and "SageMaker.ListPipelineExecutionSteps" in actions
+
+
+def test_both_pipelines_deployed_then_inference_started_with_its_defaults(server, values_file):
+    assert server.run("deploy", "--values", values_file).returncode == 0
+    started = server.run("start", INFERENCE)
+    assert started.returncode == 0, started.stderr
+    execution_arn = started.stdout.strip()
+    assert f"pipeline/{INFERENCE}/execution/" in execution_arn
+    sagemaker = server.client("sagemaker")
+    assert sagemaker.list_pipeline_parameters_for_execution(PipelineExecutionArn=execution_arn).get("PipelineParameters", []) == []
+    ran = json.loads(sagemaker.describe_pipeline_definition_for_execution(PipelineExecutionArn=execution_arn)["PipelineDefinition"])
+    defaults = {p["Name"]: p.get("DefaultValue") for p in ran["Parameters"]}
+    assert defaults["ModelPackageArn"] == "" and defaults["ModelPackageGroupName"] == "deepar-forecast"  # the latest Approved version
+    assert [s["Name"] for s in ran["Steps"]][:2] == ["ResolveModel", "CreateModel"]
+
+
+def test_a_missing_bucket_is_refused_then_created_with_create_bucket(moto_server, values_file):
+    moto_server.post("/moto-api/reset")  # a fresh account: no bucket
+    moto_server.post("/moto-api/recorder/reset-recording")
+    bucket = example_values()["ArtifactBucket"]
+    assert_one_clear_error(moto_server.run("deploy", "--values", values_file), f"the S3 bucket {bucket} does not exist", "--create-bucket")
+    assert not [a for a in moto_server.actions() if a.startswith("SageMaker.")], "nothing is deployed without the bucket"
+    created = moto_server.run("deploy", "--values", values_file, "--create-bucket")
+    assert created.returncode == 0, created.stderr
+    assert f"created the S3 bucket {bucket}" in created.stderr
+    s3 = moto_server.client("s3")
+    assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
+    assert {p["PipelineName"] for p in moto_server.client("sagemaker").list_pipelines()["PipelineSummaries"]} == set(TEMPLATE_FILES)
 
 
 def test_start_refuses_unknown_parameters_and_pipelines(server, values_file):

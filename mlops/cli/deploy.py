@@ -104,7 +104,8 @@ def dag(pipeline: str | None, templates_dir: Path):
 @click.option("--templates", "templates_dir", type=click.Path(file_okay=False, path_type=Path),
               help="folder of the rendered templates  [default: templates/]")
 @click.option("--endpoint-url", help="API endpoint  [default: AWS_ENDPOINT_URL, else AWS]")
-def deploy(values_path: Path, pipeline: str | None, templates_dir: Path | None, endpoint_url: str | None):
+@click.option("--create-bucket", is_flag=True, help="create ArtifactBucket (and CodeLocation's bucket) if missing: private, in the client's region")
+def deploy(values_path: Path, pipeline: str | None, templates_dir: Path | None, endpoint_url: str | None, create_bucket: bool):
     "Create or update the pipelines on SageMaker from the templates and a values file; prints each pipeline's ARN."
     from rich.markup import escape
     from mlops.remote.aws import RemoteError
@@ -112,7 +113,8 @@ def deploy(values_path: Path, pipeline: str | None, templates_dir: Path | None, 
     try:
         with err_console.status("deploying…"):
             outcomes = deploy_pipelines(values_path, pipeline, endpoint_url, templates_dir,
-                                        log=lambda message: err_console.print(message, markup=False, soft_wrap=True))
+                                        log=lambda message: err_console.print(message, markup=False, soft_wrap=True),
+                                        create_bucket=create_bucket)
     except RemoteError as e:
         fail(escape(str(e)), e.exit_code)
     for outcome in outcomes:

@@ -20,7 +20,7 @@ from ..render import TEMPLATE_FILES
 # %% auto #0
 __all__ = ['DEFINITION_TAG', 'COMMIT_TAG', 'default_templates_dir', 'read_values', 'choose_pipelines', 'filled_definitions',
            'definition_text', 'definition_sha256', 'deploy_tags', 'pipeline_description', 'split_s3_uri',
-           'code_objects', 'upload_code', 'DeployOutcome', 'deploy_pipeline', 'deploy']
+           'code_objects', 'upload_code', 'DeployOutcome', 'deploy_pipeline', 'ensure_buckets', 'deploy']
 
 # %% ../../nbs/remote/02_deploy.ipynb #e9e38389
 def default_templates_dir() -> Path:
@@ -180,13 +180,36 @@ def deploy_pipeline(sagemaker, name: str, definition: dict, role_arn: str, commi
     sagemaker.add_tags(ResourceArn=arn, Tags=tags)
     return DeployOutcome(name, arn, "updated", sha)
 
+# %% ../../nbs/remote/02_deploy.ipynb #711b82b2
+def ensure_buckets(s3, buckets: list[str], create: bool = False, log=None) -> list[str]:
+    "Check that each bucket exists; create the missing ones (private) when `create`, else `RemoteError` naming the fix. Those created."
+    from botocore.exceptions import ClientError
+    log, created = log or (lambda message: None), []
+    for bucket in dict.fromkeys(buckets):
+        try:
+            s3.head_bucket(Bucket=bucket)
+            continue
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"): raise
+        if not create:
+            raise RemoteError(f"the S3 bucket {bucket} does not exist. Fix: create it (`mlops deploy --create-bucket ...`, "
+                              f"or `aws s3 mb s3://{bucket}`), or correct ArtifactBucket and CodeLocation in the values file.")
+        region = s3.meta.region_name
+        s3.create_bucket(Bucket=bucket, **({"CreateBucketConfiguration": {"LocationConstraint": region}}
+                                           if region and region != "us-east-1" else {}))
+        s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
+        log(f"created the S3 bucket {bucket} ({region}, public access blocked)")
+        created.append(bucket)
+    return created
+
 # %% ../../nbs/remote/02_deploy.ipynb #4a4b1b3f
 def _stderr(message: str):
     print(message, file=sys.stderr)
 
 def deploy(values_path: str | Path, pipeline: str | None = None, endpoint_url: str | None = None,
-           templates_dir: str | Path | None = None, log=_stderr) -> list[DeployOutcome]:
-    "Fill, validate, upload the step notebooks, then create or update each chosen pipeline; what happened to each."
+           templates_dir: str | Path | None = None, log=_stderr, create_bucket: bool = False) -> list[DeployOutcome]:
+    "Fill, validate, check (or create) the buckets, upload the step notebooks, then create or update each chosen pipeline."
     templates_dir = Path(templates_dir) if templates_dir is not None else default_templates_dir()
     definitions = filled_definitions(values_path, pipeline, templates_dir)  # every local check before any call
     values = read_values(values_path)
@@ -194,9 +217,12 @@ def deploy(values_path: str | Path, pipeline: str | None = None, endpoint_url: s
                for uri, path in (code_objects(d, values["CodeLocation"]) if "CodeLocation" in values else {}).items()}
     commit = git_commit(templates_dir)
     sagemaker = aws_client("sagemaker", endpoint_url)
-    s3 = aws_client("s3", endpoint_url) if objects else None
+    s3 = aws_client("s3", endpoint_url)
+    buckets = [values["ArtifactBucket"]] if "ArtifactBucket" in values else []
+    buckets += [split_s3_uri(values["CodeLocation"])[0]] if "CodeLocation" in values else []
     outcomes = []
     with aws_errors(endpoint_url):
+        ensure_buckets(s3, buckets, create_bucket, log)
         if objects:
             upload_code(s3, objects, log)
         for name, definition in definitions.items():
