@@ -141,6 +141,9 @@ def test_quality_gate_registers_or_fails_with_metric_value_and_threshold(trainin
     assert metadata[QUALITY_METRIC] == {"Std:Join": {"On": "", "Values": [metric]}}
     model = {"Get": "Steps.TrainDeepAR.ModelArtifacts.S3ModelArtifacts"}
     assert register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == model
+    # DeepAR serves JSON Lines (batch transform) and JSON (a real-time endpoint): the package declares both
+    spec = register["InferenceSpecification"]
+    assert set(spec["SupportedContentTypes"]) == set(spec["SupportedResponseMIMETypes"]) == {"application/jsonlines", "application/json"}
     assert training["CreateModel"]["Arguments"]["PrimaryContainer"]["ModelDataUrl"] == model
 
 

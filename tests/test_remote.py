@@ -279,6 +279,7 @@ def test_start_refuses_unknown_parameters_and_pipelines(server, values_file):
     (None, "not found"),
     ("missing RoleArn", "missing values for keys: RoleArn"),
     ("unknown key", "unknown keys in the values: ArtifactBuckett"),
+    ("bad bucket", "ArtifactBucket: 'Bad_Bucket Name' is not a valid S3 bucket name"),
 ])
 def test_a_bad_values_file_is_one_clear_error(server, tmp_path, content, phrase):
     path = tmp_path / "values.json"
@@ -287,6 +288,8 @@ def test_a_bad_values_file_is_one_clear_error(server, tmp_path, content, phrase)
         content = json.dumps({k: v for k, v in values.items() if k != "RoleArn"})
     elif content == "unknown key":
         content = json.dumps({**values, "ArtifactBuckett": "typo"})
+    elif content == "bad bucket":
+        content = json.dumps({**values, "ArtifactBucket": "Bad_Bucket Name"})
     if content is not None:
         path.write_text(content)
     assert_one_clear_error(server.run("deploy", "--values", path), str(path), phrase)
