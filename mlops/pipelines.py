@@ -16,9 +16,10 @@ from .config import DEEPAR_HYPERPARAMETERS, FORECAST, TEMPLATE_KEYS
 
 # %% auto #0
 __all__ = ['TRAINING_PIPELINE', 'INFERENCE_PIPELINE', 'PROCESSING_ENTRYPOINT', 'PROCESSING_ROOT', 'CODE_DIR', 'QUALITY_METRIC',
-           'DEEPAR_INFERENCE_CONFIG', 'CACHE_EXPIRE_AFTER', 'PIPELINES', 'hyperparameter_parameter', 'NetworkAttempt',
-           'offline_aws', 'pipeline_session', 'hyperparameter_parameters', 'cache_config', 'retry_policies',
-           'step_output_uri', 'notebook_step', 'training_pipeline', 'inference_pipeline', 'pipeline_definitions']
+           'DEEPAR_INFERENCE_CONFIG', 'DATA_SHAPE_PARAMETERS', 'CACHE_EXPIRE_AFTER', 'PIPELINES',
+           'hyperparameter_parameter', 'NetworkAttempt', 'offline_aws', 'pipeline_session', 'hyperparameter_parameters',
+           'data_shape_parameters', 'cache_config', 'retry_policies', 'step_output_uri', 'notebook_step',
+           'training_pipeline', 'inference_pipeline', 'pipeline_definitions']
 
 # %% ../nbs/05_pipelines.ipynb #e1bd778c
 TRAINING_PIPELINE = "DeepARTraining"
@@ -128,6 +129,18 @@ def hyperparameter_parameters() -> dict:
     return {name: ParameterString(hyperparameter_parameter(name), default_value=default)
             for name, default in DEEPAR_HYPERPARAMETERS.items()}
 
+# %% ../nbs/05_pipelines.ipynb #3abf3b42
+DATA_SHAPE_PARAMETERS = {  # pipeline parameter -> (feature notebook parameter, default)
+    "ItemIdColumn": ("item_id_column", "item_id"), "TimestampColumn": ("timestamp_column", "timestamp"),
+    "TargetColumn": ("target_column", "target"), "StaticCatColumns": ("static_cat_columns", ""),
+    "DynamicRealColumns": ("dynamic_real_columns", ""),
+}
+
+def data_shape_parameters() -> dict:
+    "Pipeline parameter name → its `ParameterString`: the column names of your data (static and dynamic ones may be empty)."
+    from sagemaker.core.workflow.parameters import ParameterString
+    return {name: ParameterString(name, default_value=default) for name, (_, default) in DATA_SHAPE_PARAMETERS.items()}
+
 # %% ../nbs/05_pipelines.ipynb #cebbd4aa
 CACHE_EXPIRE_AFTER = "P30D"
 
@@ -158,7 +171,7 @@ def step_output_uri(resources: dict, pipeline: str, step: str, output: str):
                                 ExecutionVariables.PIPELINE_EXECUTION_ID, step, output])
 
 def notebook_step(name: str, notebook: str, *, pipeline: str, resources: dict, session, instance_type, instance_count,
-                  inputs: dict, outputs: list[str], parameters: dict, depends_on=None):
+                  inputs: dict, outputs: list[str], parameters: dict, depends_on=None, property_files=None):
     "A ProcessingStep that runs the step notebook `notebook` with papermill through `python -m mlops.processing`."
     from sagemaker.core.processing import Processor
     from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
@@ -182,7 +195,7 @@ def notebook_step(name: str, notebook: str, *, pipeline: str, resources: dict, s
         arguments += ["-p", parameter, value.to_string() if hasattr(value, "to_string") else value]
     step_args = processor.run(inputs=processing_inputs, outputs=processing_outputs, arguments=arguments)
     return ProcessingStep(name=name, step_args=step_args, cache_config=cache_config(),
-                          retry_policies=retry_policies(), depends_on=depends_on)
+                          retry_policies=retry_policies(), depends_on=depends_on, property_files=property_files)
 
 # %% ../nbs/05_pipelines.ipynb #5137fedb
 def training_pipeline(resources: dict, session=None):
@@ -190,8 +203,9 @@ def training_pipeline(resources: dict, session=None):
     from sagemaker.core.shapes import OutputDataConfig
     from sagemaker.core.workflow.conditions import ConditionLessThanOrEqualTo
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
-    from sagemaker.core.workflow.functions import Join
+    from sagemaker.core.workflow.functions import Join, JsonGet
     from sagemaker.core.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
+    from sagemaker.core.workflow.properties import PropertyFile
     from sagemaker.mlops.workflow.condition_step import ConditionStep
     from sagemaker.mlops.workflow.fail_step import FailStep
     from sagemaker.mlops.workflow.model_step import ModelStep
@@ -211,21 +225,26 @@ def training_pipeline(resources: dict, session=None):
     approval_status = ParameterString("ModelApprovalStatus", default_value="PendingManualApproval")
     threshold = ParameterFloat("QualityThreshold", default_value=0.3)
     hyperparameters = hyperparameter_parameters()
+    data_shape = data_shape_parameters()
 
+    # the data's frequency is a pandas alias (W-MON); DeepAR's time_freq (W) is what the feature step maps it to
+    feature_state_file = PropertyFile(name="FeatureState", output_name="state", path="feature_state.json")
     features = notebook_step(
         "FeatureEngineering", "feature_engineering", pipeline=TRAINING_PIPELINE, resources=resources, session=session,
         instance_type=processing_instance_type, instance_count=processing_instance_count,
-        inputs={"data": input_data}, outputs=["train", "test", "state"],
+        inputs={"data": input_data}, outputs=["train", "test", "state"], property_files=[feature_state_file],
         parameters={"input_dir": f"{PROCESSING_ROOT}/input/data", "output_dir": f"{PROCESSING_ROOT}/output",
                     "mode": "train", "execution_id": ExecutionVariables.PIPELINE_EXECUTION_ID,
                     "freq": hyperparameters["time_freq"], "prediction_length": hyperparameters["prediction_length"],
-                    "context_length": hyperparameters["context_length"], "test_windows": test_windows})
+                    "context_length": hyperparameters["context_length"], "test_windows": test_windows,
+                    **{DATA_SHAPE_PARAMETERS[name][0]: parameter for name, parameter in data_shape.items()}})
     outputs = features.properties.ProcessingOutputConfig.Outputs
+    time_freq = JsonGet(step_name=features.name, property_file=feature_state_file, json_path="time_freq")
 
     trainer = ModelTrainer(
         training_image=resources["DeepARImageUri"], role=resources["RoleArn"], sagemaker_session=session,
         compute=Compute(instance_type=training_instance_type, instance_count=1, volume_size_in_gb=30),
-        hyperparameters=hyperparameters,
+        hyperparameters={**hyperparameters, "time_freq": time_freq},
         input_data_config=[InputData(channel_name=channel, data_source=outputs[channel].S3Output.S3Uri,
                                      content_type="application/jsonlines") for channel in ("train", "test")],
         output_data_config=OutputDataConfig(
@@ -263,8 +282,9 @@ def training_pipeline(resources: dict, session=None):
     check = ConditionStep(name="CheckQuality", conditions=[ConditionLessThanOrEqualTo(left=metric, right=threshold)],
                           if_steps=[register, create], else_steps=[too_low])
     return Pipeline(name=TRAINING_PIPELINE, sagemaker_session=session, steps=[features, training, check],
-                    parameters=[input_data, processing_instance_type, processing_instance_count, training_instance_type,
-                                *hyperparameters.values(), test_windows, model_package_group, approval_status, threshold])
+                    parameters=[input_data, *data_shape.values(), processing_instance_type, processing_instance_count,
+                                training_instance_type, *hyperparameters.values(), test_windows, model_package_group,
+                                approval_status, threshold])
 
 # %% ../nbs/05_pipelines.ipynb #d64a38f2
 def inference_pipeline(resources: dict, session=None):

@@ -19,8 +19,9 @@ from .engine.store import LocalStore
 from .files import sha256
 
 # %% auto #0
-__all__ = ['LOCAL_BUCKET', 'PIPELINES', 'LOCAL_PARAMETERS', 'local_values', 'local_definition', 'stage_step_notebooks',
-           'stage_local_inputs', 'model_feature_state', 'latest_feature_state', 'resumed_pipeline', 'run']
+__all__ = ['LOCAL_BUCKET', 'PIPELINES', 'LOCAL_PARAMETERS', 'DEMO_DATA_PARAMETERS', 'local_values', 'local_definition',
+           'stage_step_notebooks', 'stage_local_inputs', 'model_feature_state', 'latest_feature_state',
+           'local_parameters', 'check_local_run', 'name_the_users_data', 'resumed_pipeline', 'run']
 
 # %% ../nbs/08_runner.ipynb #08688257
 LOCAL_BUCKET = "mlops-local"
@@ -66,7 +67,7 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
     "Put the step notebooks and the input data in the local store; return the parameter overrides this implies."
     from mlops.config import FORECAST
     from mlops.data.demo import write_demo_data
-    store, overrides = LocalStore(home / "store"), dict(parameters)
+    store, overrides = LocalStore(home / "store"), local_parameters(pipeline, parameters, data)
     stage_step_notebooks(home)
     if "InputDataUri" not in overrides:
         if data is not None:
@@ -84,8 +85,6 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
             store.upload(staging / (data.name if data is not None else "demo.csv"), uri)
             shutil.rmtree(staging, ignore_errors=True)
         overrides["InputDataUri"] = uri
-    if pipeline == "training":
-        overrides = {**LOCAL_PARAMETERS["training"], **overrides}
     if pipeline == "inference" and "FeatureStateUri" not in overrides:
         overrides["FeatureStateUri"] = model_feature_state(overrides.get("ModelName", "deepar-forecast"), home) or latest_feature_state(home)
     return overrides
@@ -107,6 +106,51 @@ def latest_feature_state(home: Path) -> str:
             if state: return state
     raise DefinitionNotRunnable("no feature state: no training execution has succeeded here. Fix: run the training "
                                 "pipeline first (`mlops run`), or pass -p FeatureStateUri=...")
+
+# %% ../nbs/08_runner.ipynb #c69bb181
+DEMO_DATA_PARAMETERS = {"StaticCatColumns": "store,category", "DynamicRealColumns": "promo"}  # the demo data's columns
+
+def local_parameters(pipeline: str, parameters: dict, data: str | Path | None = None) -> dict:
+    "Your `-p` values with what a local run adds: `LOCAL_PARAMETERS`, and the demo data's columns when it runs on the demo data."
+    overrides = {**LOCAL_PARAMETERS.get(pipeline, {}), **parameters}
+    if pipeline == "training" and data is None and "InputDataUri" not in parameters:
+        overrides = {**DEMO_DATA_PARAMETERS, **overrides}
+    return overrides
+
+def check_local_run(pipeline: str, definition: dict, parameters: dict, data: str | Path | None = None):
+    "`DefinitionNotRunnable` for a parameter out of range or a `--data` file that cannot be data; nothing is written."
+    from mlops.definition.parameters import ParameterError, check_parameters
+    if data is not None:
+        from mlops.data.series import DataValidationError, file_kind
+        path = Path(data)
+        if not path.is_file(): raise DefinitionNotRunnable(f"data file not found: {path}. Fix: check the path.")
+        if path.stat().st_size == 0: raise DefinitionNotRunnable(f"{path}: the file is empty. Fix: write the header and rows of data.")
+        try: file_kind(path)
+        except DataValidationError as e: raise DefinitionNotRunnable(str(e)) from None
+    try: check_parameters(definition, local_parameters(pipeline, parameters, data))
+    except ParameterError as e: raise DefinitionNotRunnable(str(e)) from None
+
+def _data_step_failed(execution: Execution) -> list[str]:
+    "The steps of `execution` that failed on the input data (a `DataValidationError`)."
+    return [s.name for s in execution.steps if s.status == "Failed" and "DataValidationError" in (s.failure_reason or "")]
+
+def name_the_users_data(execution: Execution, data: str | Path, home: Path, staged_uri: str | None = None) -> Execution:
+    """Messages of `execution` with the staged copies of `data` named by your path; when a step refused the data,
+    the copies this run made removed (`staged_uri`: the store object staged for this run, if it was new)."""
+    import re
+    data = Path(data)
+    copies = re.compile(re.escape(str(home / "runs")) + r"/[^/\s]+/[^/\s]+/input/[^/\s]+/" + re.escape(data.name))
+    def named(text): return copies.sub(str(data), text) if text else text
+    execution.failure_reason = named(execution.failure_reason)
+    for step in execution.steps: step.failure_reason = named(step.failure_reason)
+    if _data_step_failed(execution):
+        for step in execution.steps:
+            for folder in (execution.folder / step.name / "input").glob("*"):
+                if (folder / data.name).is_file(): shutil.rmtree(folder, ignore_errors=True)
+        if staged_uri and not any(row["id"] != execution.id and json.loads(row["parameters"] or "{}").get("InputDataUri") == staged_uri
+                                  for row in Records(home / "runs.db").executions(limit=1000) if row):
+            shutil.rmtree(LocalStore(home / "store").path(staged_uri).parent, ignore_errors=True)
+    return execution
 
 # %% ../nbs/08_runner.ipynb #eee10b2b
 def resumed_pipeline(execution_id: str, home: Path, names: dict[str, str]) -> str:
@@ -137,7 +181,14 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         stage_step_notebooks(home)
     else:
         definition = local_definition(pipeline)
+        check_local_run(pipeline, definition, parameters or {}, data)  # before anything is written
+        staged_before = {p.parent for p in (home / "store" / LOCAL_BUCKET / "data").glob("*/*")}
         parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
     name = names[pipeline]
-    return run_definition(definition, parameters, pipeline=name, home=home, listeners=[*listeners, *([tracker] if tracker else [])],
-                          registry=tracker, **options)
+    execution = run_definition(definition, parameters, pipeline=name, home=home, listeners=[*listeners, *([tracker] if tracker else [])],
+                               registry=tracker, **options)
+    if data is not None and not resume:
+        uri = parameters.get("InputDataUri", "")
+        new = uri.startswith(f"s3://{LOCAL_BUCKET}/data/") and LocalStore(home / "store").path(uri).parent not in staged_before
+        name_the_users_data(execution, data, home, uri if new else None)
+    return execution

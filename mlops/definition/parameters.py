@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 # %% auto #0
-__all__ = ['PIPELINE_TYPES', 'ParameterError', 'coerce', 'declared_parameters', 'resolve_parameters', 'execution_parameters',
-           'parse_assignments']
+__all__ = ['PIPELINE_TYPES', 'PARAMETER_RULES', 'COLUMN_PARAMETERS', 'ParameterError', 'coerce', 'declared_parameters',
+           'resolve_parameters', 'execution_parameters', 'parameter_problems', 'check_parameters', 'parse_assignments']
 
 # %% ../../nbs/definition/03_parameters.ipynb #3b780783
 class ParameterError(ValueError):
@@ -64,6 +64,75 @@ def execution_parameters(definition: dict, overrides: dict, pipeline: str = "the
         raise ParameterError(f"{pipeline} has no parameter {', '.join(unknown)}. Fix: use one of {', '.join(sorted(declared))}.")
     for name, value in overrides.items(): coerce(name, value, declared[name].get("Type", "String"))
     return [{"Name": name, "Value": str(value)} for name, value in overrides.items()]
+
+# %% ../../nbs/definition/03_parameters.ipynb #a91f2134
+def _at_least(minimum):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            return f"must be {minimum} or more."
+    return check
+
+def _finite(value):
+    import math
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value): return "must be a finite number."
+
+def _frequency(value):
+    from mlops.deepar.hyperparameters import UnsupportedFrequency, deepar_time_freq
+    try: deepar_time_freq(value)
+    except UnsupportedFrequency as e: return f"must be a pandas frequency that DeepAR supports: {str(e).split('Supported: ', 1)[1]}"
+
+def _column(value):
+    if not isinstance(value, str) or not value.strip() or "," in value: return "must be one column name (not empty, no comma)."
+
+def _columns(value):
+    if not isinstance(value, str): return "must be comma-separated column names, or empty for none."
+
+def _one_of(*choices):
+    def check(value):
+        if value not in choices: return f"must be one of {', '.join(choices)}."
+    return check
+
+PARAMETER_RULES = {"TimeFreq": _frequency, "TestWindows": _at_least(1), "ProcessingInstanceCount": _at_least(1),
+                   "QualityThreshold": _finite, "ItemIdColumn": _column, "TimestampColumn": _column, "TargetColumn": _column,
+                   "StaticCatColumns": _columns, "DynamicRealColumns": _columns,
+                   "ModelApprovalStatus": _one_of("Approved", "Rejected", "PendingManualApproval")}
+COLUMN_PARAMETERS = ("ItemIdColumn", "TimestampColumn", "TargetColumn", "StaticCatColumns", "DynamicRealColumns")
+
+def _deepar_hyperparameter_parameters(definition: dict) -> dict[str, str]:
+    "Parameter name → the DeepAR hyperparameter it feeds (a `Get` in a DeepAR training step's HyperParameters)."
+    from mlops.definition.graph import all_steps
+    found = {}
+    for step in all_steps(definition):
+        arguments = step.get("Arguments") or {}
+        if step.get("Type") != "Training" or "forecasting-deepar" not in str(arguments.get("AlgorithmSpecification", {}).get("TrainingImage")) \
+                and "DeepARImageUri" not in str(arguments.get("AlgorithmSpecification", {}).get("TrainingImage")): continue
+        for name, value in (arguments.get("HyperParameters") or {}).items():
+            if isinstance(value, dict) and str(value.get("Get", "")).startswith("Parameters."):
+                found[value["Get"].split(".", 1)[1]] = name
+    return found
+
+def parameter_problems(definition: dict, values: dict) -> list[str]:
+    "What is wrong with the resolved parameter `values` (from `resolve_parameters`), one message per parameter."
+    from mlops.deepar.hyperparameters import HyperparameterError, parse_hyperparameter
+    problems, hyperparameters = [], _deepar_hyperparameter_parameters(definition)
+    for name, value in values.items():
+        if name in hyperparameters:
+            try: parse_hyperparameter(hyperparameters[name], value)
+            except HyperparameterError as e: problems.append(f"parameter {name} = {value!r}: {e.rule}")
+        if name in PARAMETER_RULES and (rule := PARAMETER_RULES[name](value)):
+            problems.append(f"parameter {name} = {value!r}: {rule}")
+    columns = [c.strip() for n in COLUMN_PARAMETERS if isinstance(values.get(n), str) for c in values[n].split(",") if c.strip()]
+    if twice := sorted({c for c in columns if columns.count(c) > 1}):
+        problems.append(f"column {', '.join(map(repr, twice))} is given two roles in {', '.join(n for n in COLUMN_PARAMETERS if n in values)}: "
+                        "each role needs its own column.")
+    return problems
+
+def check_parameters(definition: dict, overrides: dict | None = None) -> dict:
+    "`resolve_parameters`, then every value checked by `parameter_problems`; `ParameterError` listing all problems."
+    values = resolve_parameters(definition, overrides)
+    if problems := parameter_problems(definition, values):
+        raise ParameterError("; ".join(problems) + " Nothing was run." + (" Fix: change the -p values named above." if overrides else ""))
+    return values
 
 # %% ../../nbs/definition/03_parameters.ipynb #a31b5447
 def parse_assignments(assignments) -> dict[str, str]:
