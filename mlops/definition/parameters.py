@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 
 # %% auto #0
-__all__ = ['PIPELINE_TYPES', 'PARAMETER_RULES', 'COLUMN_PARAMETERS', 'ParameterError', 'coerce', 'declared_parameters',
-           'resolve_parameters', 'execution_parameters', 'parameter_problems', 'check_parameters', 'parse_assignments']
+__all__ = ['PIPELINE_TYPES', 'PARAMETER_RULES', 'COLUMN_PARAMETERS', 'PARAMETER_MEANINGS', 'ParameterError', 'coerce',
+           'declared_parameters', 'resolve_parameters', 'execution_parameters', 'parameter_problems',
+           'check_parameters', 'parameter_table', 'parse_assignments']
 
 # %% ../../nbs/definition/03_parameters.ipynb #3b780783
 class ParameterError(ValueError):
@@ -133,6 +134,60 @@ def check_parameters(definition: dict, overrides: dict | None = None) -> dict:
     if problems := parameter_problems(definition, values):
         raise ParameterError("; ".join(problems) + " Nothing was run." + (" Fix: change the -p values named above." if overrides else ""))
     return values
+
+# %% ../../nbs/definition/03_parameters.ipynb #239ea9f0
+PARAMETER_MEANINGS = {
+    "InputDataUri": "S3 URI of your data: one CSV or Parquet file in long format (or a prefix holding one); locally set by --data",
+    "ItemIdColumn": "the column that names the series a row belongs to",
+    "TimestampColumn": "the column of timestamps (ISO 8601), regular within each item",
+    "TargetColumn": "the column to forecast; an empty cell is a missing value",
+    "StaticCatColumns": "comma-separated columns with one category per item (store, region); empty: none",
+    "DynamicRealColumns": "comma-separated numeric columns known in advance (price, promotion flag), future rows included; empty: none",
+    "TimeFreq": "the data's frequency as a pandas alias (D, W-MON, MS, h, 15min); DeepAR's time_freq is mapped from it",
+    "PredictionLength": "points forecast per item (DeepAR prediction_length); also the held-out test window",
+    "ContextLength": "points of history the model conditions on (DeepAR context_length)",
+    "Epochs": "passes over the training data (DeepAR epochs)",
+    "EarlyStoppingPatience": "epochs without improvement before training stops (DeepAR early_stopping_patience)",
+    "Cardinality": "values of each static category: auto derives them from the data (DeepAR cardinality)",
+    "NumDynamicFeat": "number of dynamic features: auto derives it from the data (DeepAR num_dynamic_feat)",
+    "Likelihood": "the noise model of the forecast distribution (DeepAR likelihood)",
+    "NumCells": "cells per recurrent layer (DeepAR num_cells)", "NumLayers": "recurrent layers (DeepAR num_layers)",
+    "DropoutRate": "dropout during training (DeepAR dropout_rate)",
+    "EmbeddingDimension": "size of each static category's embedding (DeepAR embedding_dimension)",
+    "LearningRate": "the optimizer's learning rate (DeepAR learning_rate)", "MiniBatchSize": "series per batch (DeepAR mini_batch_size)",
+    "NumEvalSamples": "samples drawn per series to compute the test metrics (DeepAR num_eval_samples)",
+    "TestQuantiles": "quantiles evaluated on the test channel (DeepAR test_quantiles)",
+    "TestWindows": "rolling test windows held out per item, each prediction_length long",
+    "ProcessingInstanceType": "instance type of the processing (step notebook) jobs",
+    "ProcessingInstanceCount": "instances of the feature engineering job",
+    "TrainingInstanceType": "instance type of the DeepAR training job", "TransformInstanceType": "instance type of the batch transform job",
+    "ModelPackageGroupName": "model package group that receives (training) or provides (inference) the model versions",
+    "ModelApprovalStatus": "approval status a newly registered version starts with",
+    "QualityThreshold": "highest test:mean_wQuantileLoss that CheckQuality lets through to registration",
+    "ModelName": "the model that forecasts: a model name, a group (its latest Approved version) or group/version",
+    "ModelPackageArn": "a model package version to forecast with (empty: the group's latest Approved version)",
+    "FeatureStateUri": "the feature state the model was trained with (found from the model when left to the default)",
+}
+
+def _deepar_rule(hyperparameter: str) -> str:
+    "DeepAR's rule for `hyperparameter`, in words (what it says of a value that is nothing)."
+    from mlops.deepar.hyperparameters import HyperparameterError, parse_hyperparameter
+    try: parse_hyperparameter(hyperparameter, "\x00")
+    except HyperparameterError as e: return e.rule.removeprefix("must be ").rstrip(".")
+    return ""
+
+def parameter_table(definition: dict) -> list[dict]:
+    "Every parameter of `definition`: name, type, default, meaning (`PARAMETER_MEANINGS`) and the allowed values it is checked against."
+    hyperparameters = _deepar_hyperparameter_parameters(definition)
+    allowed = {"TimeFreq": "a pandas frequency DeepAR supports", "TestWindows": "1 or more", "ProcessingInstanceCount": "1 or more",
+               "QualityThreshold": "a finite number", "ModelApprovalStatus": "Approved, Rejected or PendingManualApproval",
+               **{n: "one column name" for n in COLUMN_PARAMETERS[:3]}, **{n: "column names, or empty" for n in COLUMN_PARAMETERS[3:]}}
+    rows = []
+    for name, p in declared_parameters(definition).items():
+        rule = allowed.get(name) or (_deepar_rule(hyperparameters[name]) if name in hyperparameters else "")
+        rows.append({"name": name, "type": p.get("Type", "String"), "default": p.get("DefaultValue"),
+                     "meaning": PARAMETER_MEANINGS.get(name, ""), "allowed": rule})
+    return rows
 
 # %% ../../nbs/definition/03_parameters.ipynb #a31b5447
 def parse_assignments(assignments) -> dict[str, str]:
