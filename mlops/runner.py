@@ -167,6 +167,8 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         home: str | Path | None = None, listeners=(), track: bool = True, **options) -> Execution:
     "Run the project's `pipeline` ('training' or 'inference') locally on `data` (default: the demo data)."
     home = (Path(home) if home else mlops_home()).resolve()
+    if not options.get("resume"):  # a value out of range, a file that is not data: refused before anything is written
+        check_local_run(pipeline, local_definition(pipeline), parameters or {}, data)
     tracker = None
     if track:
         from mlops.tracking.store import preload
@@ -181,7 +183,6 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         stage_step_notebooks(home)
     else:
         definition = local_definition(pipeline)
-        check_local_run(pipeline, definition, parameters or {}, data)  # before anything is written
         staged_before = {p.parent for p in (home / "store" / LOCAL_BUCKET / "data").glob("*/*")}
         parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
     name = names[pipeline]

@@ -79,6 +79,7 @@ def _finite(value):
 
 def _frequency(value):
     from mlops.deepar.hyperparameters import UnsupportedFrequency, deepar_time_freq
+    if value == "": return None  # inferred from the data by the feature step (and checked there)
     try: deepar_time_freq(value)
     except UnsupportedFrequency as e: return f"must be a pandas frequency that DeepAR supports: {str(e).split('Supported: ', 1)[1]}"
 
@@ -179,7 +180,7 @@ def _deepar_rule(hyperparameter: str) -> str:
 def parameter_table(definition: dict) -> list[dict]:
     "Every parameter of `definition`: name, type, default, meaning (`PARAMETER_MEANINGS`) and the allowed values it is checked against."
     hyperparameters = _deepar_hyperparameter_parameters(definition)
-    allowed = {"TimeFreq": "a pandas frequency DeepAR supports", "TestWindows": "1 or more", "ProcessingInstanceCount": "1 or more",
+    allowed = {"TimeFreq": "a pandas frequency DeepAR supports (D, W-MON, MS, QS, h, 15min...), or empty: inferred from the data", "TestWindows": "1 or more", "ProcessingInstanceCount": "1 or more",
                "QualityThreshold": "a finite number", "ModelApprovalStatus": "Approved, Rejected or PendingManualApproval",
                **{n: "one column name" for n in COLUMN_PARAMETERS[:3]}, **{n: "column names, or empty" for n in COLUMN_PARAMETERS[3:]}}
     rows = []
