@@ -63,7 +63,9 @@ def execution_parameters(definition: dict, overrides: dict, pipeline: str = "the
     declared = declared_parameters(definition)
     if unknown := sorted(set(overrides) - set(declared)):
         raise ParameterError(f"{pipeline} has no parameter {', '.join(unknown)}. Fix: use one of {', '.join(sorted(declared))}.")
-    for name, value in overrides.items(): coerce(name, value, declared[name].get("Type", "String"))
+    values = {name: coerce(name, value, declared[name].get("Type", "String")) for name, value in overrides.items()}
+    if problems := parameter_problems(definition, values):  # ranges too, before the execution starts (defined below)
+        raise ParameterError("; ".join(problems) + f" {pipeline} was not started. Fix: change the -p values named above.")
     return [{"Name": name, "Value": str(value)} for name, value in overrides.items()]
 
 # %% ../../nbs/definition/03_parameters.ipynb #a91f2134
