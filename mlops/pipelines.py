@@ -16,11 +16,10 @@ from .config import DEEPAR_HYPERPARAMETERS, FORECAST, TEMPLATE_KEYS
 
 # %% auto #0
 __all__ = ['TRAINING_PIPELINE', 'INFERENCE_PIPELINE', 'PROCESSING_ENTRYPOINT', 'PROCESSING_ROOT', 'CODE_DIR', 'QUALITY_METRIC',
-           'DEEPAR_INFERENCE_CONFIG', 'DATA_SHAPE_PARAMETERS', 'CACHE_EXPIRE_AFTER', 'STEP_DECLARATION_TAG',
-           'STEP_PIPELINES', 'PIPELINES', 'hyperparameter_parameter', 'NetworkAttempt', 'offline_aws',
-           'pipeline_session', 'hyperparameter_parameters', 'data_shape_parameters', 'cache_config', 'retry_policies',
-           'step_output_uri', 'notebook_step', 'training_pipeline', 'step_declaration', 'declared_steps',
-           'with_declared_steps', 'inference_pipeline', 'pipeline_definitions']
+           'DEEPAR_INFERENCE_CONFIG', 'DATA_SHAPE_PARAMETERS', 'CACHE_EXPIRE_AFTER', 'PIPELINES',
+           'hyperparameter_parameter', 'NetworkAttempt', 'offline_aws', 'pipeline_session', 'hyperparameter_parameters',
+           'data_shape_parameters', 'cache_config', 'retry_policies', 'step_output_uri', 'notebook_step',
+           'training_pipeline', 'with_declared_steps', 'inference_pipeline', 'pipeline_definitions']
 
 # %% ../nbs/05_pipelines.ipynb #e1bd778c
 TRAINING_PIPELINE = "DeepARTraining"
@@ -288,40 +287,6 @@ def training_pipeline(resources: dict, session=None):
                                 approval_status, threshold])
 
 # %% ../nbs/05_pipelines.ipynb #28961885
-STEP_DECLARATION_TAG = "step"  # the tag of the cell that declares a step notebook's place in a pipeline
-STEP_PIPELINES = {"training": TRAINING_PIPELINE, "inference": INFERENCE_PIPELINE}
-
-def step_declaration(notebook: str | Path) -> dict | None:
-    "The `step = {...}` declared in the notebook's cell tagged `step` (None when it has none), checked."
-    import ast
-    cells = [c for c in json.loads(Path(notebook).read_text()).get("cells", [])
-             if STEP_DECLARATION_TAG in c.get("metadata", {}).get("tags", [])]
-    if not cells: return None
-    source = "".join(cells[0]["source"]) if isinstance(cells[0]["source"], list) else cells[0]["source"]
-    where = f"{Path(notebook).name}, the cell tagged {STEP_DECLARATION_TAG!r}"
-    try:
-        tree = ast.parse(source)
-        values = [n.value for n in tree.body if isinstance(n, ast.Assign) and [getattr(t, "id", None) for t in n.targets] == ["step"]]
-        declared = ast.literal_eval(values[0]) if values else None
-    except (SyntaxError, ValueError) as e:
-        raise ValueError(f"{where}: cannot read `step = {{...}}` ({e}). Fix: write a dict of literals.") from None
-    if not isinstance(declared, dict):
-        raise ValueError(f"{where}: it must assign a dict to `step`, like step = {{\"name\": \"DataQuality\", \"after\": \"FeatureEngineering\"}}.")
-    if missing := [k for k in ("name", "after") if not declared.get(k)]:
-        raise ValueError(f"{where}: `step` lacks {', '.join(missing)}.")
-    if unknown := sorted(set(declared) - {"name", "pipeline", "after", "inputs", "outputs"}):
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; a step declares name, pipeline, after, inputs, outputs.")
-    if declared.setdefault("pipeline", "training") not in STEP_PIPELINES:
-        raise ValueError(f"{where}: pipeline {declared['pipeline']!r}; choose one of {', '.join(STEP_PIPELINES)}.")
-    declared["inputs"], declared["outputs"] = list(declared.get("inputs", [])), list(declared.get("outputs", []))
-    return {**declared, "notebook": Path(notebook).stem}
-
-def declared_steps() -> list[dict]:
-    "Every step declared by a step notebook (`step_declaration`), sorted by notebook name."
-    from mlops.config import notebooks_dir
-    found = [step_declaration(p) for p in sorted(notebooks_dir().glob("*.ipynb"))]
-    return [d for d in found if d is not None]
-
 def _output_of(step, output: str):
     "The S3 URI (a property reference) of `output` of an SDK step."
     from sagemaker.mlops.workflow.steps import ProcessingStep, TrainingStep, TransformStep
@@ -334,7 +299,8 @@ def _output_of(step, output: str):
 def with_declared_steps(pipeline, resources: dict, session):
     "`pipeline` with the declared steps of its kind appended, each after the step it names."
     from sagemaker.core.workflow.parameters import ParameterString
-    kind = next(k for k, name in STEP_PIPELINES.items() if name == pipeline.name)
+    from mlops.steps import declared_steps
+    kind = {TRAINING_PIPELINE: "training", INFERENCE_PIPELINE: "inference"}[pipeline.name]
     steps = {}
     def collect(step_list):
         for s in step_list:

@@ -13,8 +13,8 @@ import pytest
 
 from mlops.config import DEEPAR_HYPERPARAMETERS, FORECAST, project_root, step_notebook
 from mlops.data.demo import write_demo_transform_output
-from mlops.pipelines import (DATA_SHAPE_PARAMETERS, PROCESSING_ENTRYPOINT, QUALITY_METRIC, declared_steps,
-                             hyperparameter_parameter)
+from mlops.pipelines import DATA_SHAPE_PARAMETERS, PROCESSING_ENTRYPOINT, QUALITY_METRIC, hyperparameter_parameter
+from mlops.steps import declared_steps
 from mlops.processing import declared_parameters
 from mlops.definition.graph import all_steps, step_edges
 from mlops.render import TEMPLATE_FILES

@@ -11,7 +11,7 @@ import pytest
 from conftest import MLOPS, TINY, run_mlops, tiny_data
 from mlops.engine.execution import Execution
 from mlops.engine.records import Records
-from mlops.pipelines import declared_steps
+from mlops.steps import declared_steps
 
 
 

@@ -16,7 +16,7 @@ from ..config import FORECAST, mlops_home
 
 # %% auto #0
 __all__ = ['demo_data_command', 'data_notes', 'features', 'ProgressView', 'show_execution_summary', 'checked_definition', 'run',
-           'params', 'step_notebook_text', 'nbformat_name', 'new_step', 'runs', 'status', 'logs', 'train_deepar']
+           'runs', 'status', 'logs', 'train_deepar']
 
 # %% ../../nbs/cli/01_local.ipynb #b49a2cba
 @main.command("demo-data")
@@ -240,113 +240,6 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     show_execution_summary(execution)
     sys.exit(0 if execution.status == "Succeeded" else 1)
 
-# %% ../../nbs/cli/01_local.ipynb #3a74b128
-@main.command()
-@click.option("--pipeline", type=click.Choice(["training", "inference"]), default="training", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="print the table as JSON")
-def params(pipeline, as_json):
-    "List a pipeline's parameters: type, default, allowed values and meaning."
-    import json
-    from rich.markup import escape
-    from mlops.definition.parameters import parameter_table
-    from mlops.engine import DefinitionNotRunnable
-    from mlops.runner import local_definition
-    try: rows = parameter_table(local_definition(pipeline))
-    except DefinitionNotRunnable as e: fail(escape(str(e)), 2)
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    table = Table("parameter", "type", "default", "allowed", "meaning", title=f"{pipeline} pipeline parameters (-p NAME=VALUE)",
-                  title_justify="left")
-    for row in rows:
-        table.add_row(row["name"], row["type"], escape(repr(row["default"]) if row["default"] == "" else str(row["default"])),
-                      escape(row["allowed"]), escape(row["meaning"]))
-    console.print(table)
-
-# %% ../../nbs/cli/01_local.ipynb #e0ca8020
-def step_notebook_text(name: str, pipeline: str, after: str, inputs: list[str], outputs: list[str]) -> str:
-    "The scaffold of a step notebook (nbformat JSON): a declaration cell, a parameters cell, an example that runs on its defaults."
-    import json
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-    declaration = {"name": name, "pipeline": pipeline, "after": after, "inputs": inputs, "outputs": outputs}
-    folder = outputs[0] if outputs else "result"
-    lines = [f'{i}_dir = ""  # {after}\'s {i} output (a folder); empty: nothing to read, the example still runs' for i in inputs]
-    cells = [
-        new_markdown_cell(f"# {name}\n\nA step of the {pipeline} pipeline, run after `{after}`"
-                          + (f", reading its {', '.join(f'`{i}`' for i in inputs)} output" if inputs else "") + ". "
-                          "Replace the example below with the step's work; keep it runnable on its defaults (empty inputs)."),
-        new_code_cell("# where this notebook runs in the pipeline (read by `mlops render`)\nstep = " + json.dumps(declaration)),
-        new_code_cell("\n".join([*lines, f'output_dir = "{nbformat_name(name)}"  # writes {", ".join(f"{o}/" for o in outputs) or "nothing but its report"} under it'])),
-        new_code_cell("import json\nfrom pathlib import Path\n\n"
-                      f"inputs = {{{', '.join(f'{i!r}: {i}_dir' for i in inputs)}}}\n"
-                      "files = {name: sorted(str(p.relative_to(folder)) for p in Path(folder).rglob('*') if p.is_file()) if folder else []\n"
-                      "         for name, folder in inputs.items()}\n"
-                      f"result = Path(output_dir) / {folder!r}\n"
-                      "result.mkdir(parents=True, exist_ok=True)\n"
-                      "(result / 'summary.json').write_text(json.dumps({'files': files}, indent=2, sort_keys=True) + '\\n')\n"
-                      "files")]
-    cells[1].metadata["tags"], cells[2].metadata["tags"] = ["step"], ["parameters"]
-    for cell in cells: cell.pop("id", None)
-    notebook = new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}})
-    notebook.nbformat_minor = 4  # no cell ids, as nbdev_clean leaves the others
-    return nbformat.writes(notebook)
-
-def nbformat_name(step_name: str) -> str:
-    "The notebook name of a step: DataQuality → data_quality."
-    import re
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", step_name).replace("-", "_").lower()
-
-def _step_outputs(step: dict) -> list[str]:
-    "What a declared step may read of `step`: a processing step's outputs, a training step's model, a transform's forecasts."
-    kind, arguments = step.get("Type"), step.get("Arguments") or {}
-    if kind == "Processing": return [o["OutputName"] for o in arguments.get("ProcessingOutputConfig", {}).get("Outputs", [])]
-    return {"Training": ["model"], "Transform": ["forecasts"]}.get(kind, [])
-
-# %% ../../nbs/cli/01_local.ipynb #75ccbcc5
-@main.command("new-step")
-@click.argument("name")
-@click.option("--after", required=True, metavar="STEP", help="the step it runs after (and reads from)")
-@click.option("--input", "inputs", multiple=True, metavar="OUTPUT", help="an output of --after to read (repeatable)")
-@click.option("--output", "outputs", multiple=True, metavar="NAME", help="an output it writes (repeatable)")
-@click.option("--pipeline", type=click.Choice(["training", "inference"]), default="training", show_default=True)
-@click.option("--no-render", is_flag=True, help="leave templates/ as they are (run `mlops render` later)")
-def new_step(name, after, inputs, outputs, pipeline, no_render):
-    "Add a step: write its step notebook (declaration, parameters, an example) and render the pipelines with it."
-    import re
-    from rich.markup import escape
-    from mlops.config import notebooks_dir
-    from mlops.definition.graph import all_steps
-    from mlops.engine import DefinitionNotRunnable
-    from mlops.runner import local_definition
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", name):
-        fail(f"step name {name!r}: letters, digits, - and _, starting with a letter, at most 64.", 2)
-    try: steps = {s["Name"]: s for s in all_steps(local_definition(pipeline))}
-    except DefinitionNotRunnable as e: fail(escape(str(e)), 2)
-    if name in steps: fail(f"the {pipeline} pipeline already has a step {name!r}.", 2)
-    if after not in steps: fail(f"the {pipeline} pipeline has no step {after!r}; its steps: {', '.join(steps)}.", 2)
-    readable = _step_outputs(steps[after])
-    if unknown := [i for i in inputs if i not in readable]:
-        fail(f"{after} has no output {', '.join(map(repr, unknown))}; it has: {', '.join(readable) or 'none'}.", 2)
-    if bad := [o for o in [*inputs, *outputs] if not re.fullmatch(r"[a-z][a-z0-9_]*", o) or o in ("code", "report")]:
-        fail(f"input/output name(s) {', '.join(map(repr, bad))}: lower case, digits and _, not code or report.", 2)
-    path = notebooks_dir() / f"{nbformat_name(name)}.ipynb"
-    if path.exists(): fail(f"{path} exists already.", 2, fix="pick another name, or edit that notebook.")
-    path.write_text(step_notebook_text(name, pipeline, after, list(inputs), list(outputs)))
-    console.print(f"wrote {path}: step {name} of the {pipeline} pipeline, after {after}", markup=False, soft_wrap=True)
-    if no_render:
-        console.print("next: `mlops render` puts it into templates/, then `mlops run` runs it", markup=False)
-        return
-    from mlops.config import project_root
-    from mlops.definition.validate import DefinitionInvalid
-    from mlops.render import RenderError, render
-    try:
-        with console.status("rendering the pipelines with the new step…"):
-            render((project_root() or Path.cwd()) / "templates")
-    except (RenderError, DefinitionInvalid, ValueError) as e:
-        fail(escape(f"{e}"), 1, fix=escape(f"fix the declaration in {path} (or remove the notebook), then run `mlops render`."))
-    console.print(f"templates/ now hold {name}; `mlops run` runs it", markup=False)
-
 # %% ../../nbs/cli/01_local.ipynb #d49e740a
 @main.command()
 @click.option("--limit", default=20, show_default=True)
@@ -413,3 +306,6 @@ def train_deepar(work_dir: Path | None, epochs: int, hyperparameters: tuple[str,
     console.print(f"model: {result['model']}", markup=False, soft_wrap=True)
     console.print(f"metrics: {result['metrics_file']}", markup=False, soft_wrap=True)
     console.print(f"wall time: {result['seconds']:.1f} s")
+
+# %% ../../nbs/cli/01_local.ipynb #cce803c8
+from . import steps  # noqa: E402,F401  `mlops params` and `mlops new-step` register on main
