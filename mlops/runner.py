@@ -77,12 +77,13 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
         else:  # the demo data; inference gets future rows with a known promotion plan
             future = FORECAST.prediction_length if pipeline == "inference" else 0
             uri = f"s3://{LOCAL_BUCKET}/data/demo-{pipeline}/demo.csv"
-        if not store.exists(uri):
+        if not store.exists(uri) and data is not None:
+            store.upload(data, uri)  # one copy, written atomically
+        elif not store.exists(uri):
             staging = home / "tmp" / uuid.uuid4().hex[:8]
             staging.mkdir(parents=True, exist_ok=True)
-            if data is not None: shutil.copy2(data, staging / data.name)
-            else: write_demo_data(staging / "demo.csv", future_periods=future)
-            store.upload(staging / (data.name if data is not None else "demo.csv"), uri)
+            write_demo_data(staging / "demo.csv", future_periods=future)
+            store.upload(staging / "demo.csv", uri)
             shutil.rmtree(staging, ignore_errors=True)
         overrides["InputDataUri"] = uri
     if pipeline == "inference" and "FeatureStateUri" not in overrides:

@@ -196,6 +196,8 @@ def test_a_value_too_large_for_training_names_item_line_and_your_path_and_leaves
     execution = latest(tmp_path)
     assert not list((execution.folder / "FeatureEngineering" / "input").glob("data/*"))
     assert not list((tmp_path / ".mlops" / "store" / "mlops-local" / "data").glob("*/*"))
+    outputs = tmp_path / ".mlops" / "store" / "mlops-local" / "DeepARTraining" / execution.id / "FeatureEngineering"
+    assert [p.name for p in outputs.iterdir()] == ["report"]  # no train, test or state: only the executed notebook
 
 
 def test_columns_it_does_not_have_are_named_with_the_parameters_to_pass(tmp_path):
