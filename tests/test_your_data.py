@@ -137,8 +137,8 @@ def test_hourly_data_with_a_price_as_its_only_dynamic_feature(tmp_path):
 def nothing_written(root: Path):
     "No execution folder and no staged data in the local store."
     home = root / ".mlops"
-    assert not list((home / "runs").glob("*")) if (home / "runs").exists() else True
-    assert not list((home / "store" / "mlops-local" / "data").glob("*/*")) if (home / "store").exists() else True
+    assert not list((home / "runs").glob("*")), "an execution folder was created"
+    assert not list((home / "store" / "mlops-local" / "data").glob("*/*")), "the data was staged"
 
 
 @pytest.mark.parametrize("parameter,words", [
