@@ -6,19 +6,15 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
 
 from .config import DEEPAR_HYPERPARAMETERS, FORECAST, TEMPLATE_KEYS
+from .offline import NetworkAttempt, offline_aws, pipeline_session
 
 # %% auto #0
 __all__ = ['TRAINING_PIPELINE', 'INFERENCE_PIPELINE', 'PROCESSING_ENTRYPOINT', 'PROCESSING_ROOT', 'CODE_DIR', 'QUALITY_METRIC',
-           'DEEPAR_INFERENCE_CONFIG', 'CACHE_EXPIRE_AFTER', 'RESOLVED_MODEL_FILE', 'PIPELINES',
-           'hyperparameter_parameter', 'NetworkAttempt', 'offline_aws', 'pipeline_session', 'hyperparameter_parameters',
-           'cache_config', 'retry_policies', 'step_output_uri', 'notebook_step', 'training_pipeline',
+           'DEEPAR_INFERENCE_CONFIG', 'DATA_SHAPE_PARAMETERS', 'CACHE_EXPIRE_AFTER', 'RESOLVED_MODEL_FILE', 'PIPELINES',
+           'hyperparameter_parameter', 'hyperparameter_parameters', 'data_shape_parameters', 'cache_config',
+           'retry_policies', 'step_output_uri', 'notebook_step', 'training_pipeline', 'with_declared_steps',
            'inference_pipeline', 'pipeline_definitions']
 
 # %% ../nbs/05_pipelines.ipynb #e1bd778c
@@ -35,99 +31,24 @@ def hyperparameter_parameter(name: str) -> str:
     "The pipeline parameter that carries the DeepAR hyperparameter `name` (`time_freq` → `TimeFreq`)."
     return "".join(part.capitalize() for part in name.split("_"))
 
-# %% ../nbs/05_pipelines.ipynb #c5d22419
-class NetworkAttempt(RuntimeError):
-    "Something tried to open a network connection during an offline build."
-
-_OFFLINE_ENV = {
-    "AWS_ACCESS_KEY_ID": "offline", "AWS_SECRET_ACCESS_KEY": "offline", "AWS_SESSION_TOKEN": "offline",
-    "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true",
-    "SAGEMAKER_VALIDATE_ROLE": "false",
-}
-_UNSET_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
-              "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_ENDPOINT_URL")
-
-@contextmanager
-def _refuse_network(attempts: list):
-    "Within the block, opening a socket connection or resolving a host name raises `NetworkAttempt`."
-    originals = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo, socket.create_connection
-    def refuse(what):
-        def refused(*args, **kwargs):
-            target = args[1] if what.startswith("socket.") and len(args) > 1 else (args[0] if args else kwargs)
-            attempts.append(f"{what}({target!r})")
-            raise NetworkAttempt(f"network access during an offline build: {what}({target!r})")
-        return refused
-    socket.socket.connect, socket.socket.connect_ex = refuse("socket.connect"), refuse("socket.connect_ex")
-    socket.getaddrinfo, socket.create_connection = refuse("getaddrinfo"), refuse("create_connection")
-    try:
-        yield
-    finally:
-        socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo, socket.create_connection = originals
-
-@contextmanager
-def _shared_botocore_loads():
-    "Within the block, botocore's loaders share what they read (the SDK makes a dozen sessions, each re-parsing the same models)."
-    from botocore.loaders import Loader
-    cached = ("list_available_services", "determine_latest_version", "list_api_versions", "load_service_model", "load_data_with_path")
-    originals = {name: getattr(Loader, name) for name in cached}
-    def shared(method):
-        results = {}
-        def call(self, *args, **kwargs):
-            key = (tuple(self.search_paths), args, tuple(sorted(kwargs.items())))
-            if key not in results: results[key] = method(self, *args, **kwargs)
-            return results[key]
-        return call
-    for name, method in originals.items(): setattr(Loader, name, shared(method))
-    try:
-        yield
-    finally:
-        for name, method in originals.items(): setattr(Loader, name, method)
-
-@contextmanager
-def offline_aws(region: str = "us-east-1"):
-    "A block where the SageMaker SDK builds pipelines with no account, credentials or network (raises `NetworkAttempt` if it tried)."
-    saved = {k: os.environ.get(k) for k in [*_OFFLINE_ENV, *_UNSET_ENV, "AWS_DEFAULT_REGION", "AWS_REGION",
-                                           "SAGEMAKER_ADMIN_CONFIG_OVERRIDE", "SAGEMAKER_USER_CONFIG_OVERRIDE"]}
-    attempts: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="mlops-offline-") as tmp:
-        defaults = Path(tmp) / "config.yaml"
-        defaults.write_text("")  # no SDK defaults. (Setting TelemetryOptOut here would make the SDK re-validate
-        # its whole config schema on every lookup: a build would take 20 s instead of 1 s.)
-        for name in _UNSET_ENV: os.environ.pop(name, None)
-        os.environ.update(_OFFLINE_ENV, AWS_DEFAULT_REGION=region, AWS_REGION=region,
-                          SAGEMAKER_ADMIN_CONFIG_OVERRIDE=str(defaults), SAGEMAKER_USER_CONFIG_OVERRIDE=str(defaults))
-        from sagemaker.core.telemetry import telemetry_logging
-        send_telemetry = telemetry_logging._send_telemetry_request
-        telemetry_logging._send_telemetry_request = lambda *args, **kwargs: None
-        try:
-            from moto import mock_aws
-            with _refuse_network(attempts), _shared_botocore_loads(), mock_aws():
-                yield
-        finally:
-            telemetry_logging._send_telemetry_request = send_telemetry
-            for name, value in saved.items():
-                if value is None: os.environ.pop(name, None)
-                else: os.environ[name] = value
-    if attempts:
-        raise NetworkAttempt("the build tried to reach the network, which an offline build must never do: "
-                             + "; ".join(attempts))
-
-# %% ../nbs/05_pipelines.ipynb #b422e000
-def pipeline_session(resources: dict):
-    "A `PipelineSession` for building definitions (call inside `offline_aws()` to build without AWS)."
-    import boto3
-    from sagemaker.core.workflow.pipeline_context import PipelineSession
-    boto_session = boto3.Session(region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    session = PipelineSession(boto_session=boto_session, default_bucket=resources["ArtifactBucket"], sagemaker_config={})
-    session._default_bucket = resources["ArtifactBucket"]  # known: the SDK need not check that it exists (or create it)
-    return session
-
 # %% ../nbs/05_pipelines.ipynb #60cb1ddd
 def hyperparameter_parameters() -> dict:
     "DeepAR hyperparameter name → its `ParameterString` (default from `DEEPAR_HYPERPARAMETERS`)."
     from sagemaker.core.workflow.parameters import ParameterString
     return {name: ParameterString(hyperparameter_parameter(name), default_value=default)
             for name, default in DEEPAR_HYPERPARAMETERS.items()}
+
+# %% ../nbs/05_pipelines.ipynb #f407b67f
+DATA_SHAPE_PARAMETERS = {  # pipeline parameter -> (feature notebook parameter, default)
+    "ItemIdColumn": ("item_id_column", "item_id"), "TimestampColumn": ("timestamp_column", "timestamp"),
+    "TargetColumn": ("target_column", "target"), "StaticCatColumns": ("static_cat_columns", ""),
+    "DynamicRealColumns": ("dynamic_real_columns", ""),
+}
+
+def data_shape_parameters() -> dict:
+    "Pipeline parameter name → its `ParameterString`: the column names of your data (static and dynamic ones may be empty)."
+    from sagemaker.core.workflow.parameters import ParameterString
+    return {name: ParameterString(name, default_value=default) for name, (_, default) in DATA_SHAPE_PARAMETERS.items()}
 
 # %% ../nbs/05_pipelines.ipynb #cebbd4aa
 CACHE_EXPIRE_AFTER = "P30D"
@@ -191,8 +112,9 @@ def training_pipeline(resources: dict, session=None):
     from sagemaker.core.shapes import OutputDataConfig
     from sagemaker.core.workflow.conditions import ConditionLessThanOrEqualTo
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
-    from sagemaker.core.workflow.functions import Join
+    from sagemaker.core.workflow.functions import Join, JsonGet
     from sagemaker.core.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
+    from sagemaker.core.workflow.properties import PropertyFile
     from sagemaker.mlops.workflow.condition_step import ConditionStep
     from sagemaker.mlops.workflow.fail_step import FailStep
     from sagemaker.mlops.workflow.model_step import ModelStep
@@ -212,21 +134,26 @@ def training_pipeline(resources: dict, session=None):
     approval_status = ParameterString("ModelApprovalStatus", default_value="PendingManualApproval")
     threshold = ParameterFloat("QualityThreshold", default_value=0.3)
     hyperparameters = hyperparameter_parameters()
+    data_shape = data_shape_parameters()
 
+    # the data's frequency is a pandas alias (W-MON); DeepAR's time_freq (W) is what the feature step maps it to
+    feature_state_file = PropertyFile(name="FeatureState", output_name="state", path="feature_state.json")
     features = notebook_step(
         "FeatureEngineering", "feature_engineering", pipeline=TRAINING_PIPELINE, resources=resources, session=session,
         instance_type=processing_instance_type, instance_count=processing_instance_count,
-        inputs={"data": input_data}, outputs=["train", "test", "state"],
+        inputs={"data": input_data}, outputs=["train", "test", "state"], property_files=[feature_state_file],
         parameters={"input_dir": f"{PROCESSING_ROOT}/input/data", "output_dir": f"{PROCESSING_ROOT}/output",
                     "mode": "train",
                     "freq": hyperparameters["time_freq"], "prediction_length": hyperparameters["prediction_length"],
-                    "context_length": hyperparameters["context_length"], "test_windows": test_windows})
+                    "context_length": hyperparameters["context_length"], "test_windows": test_windows,
+                    **{DATA_SHAPE_PARAMETERS[name][0]: parameter for name, parameter in data_shape.items()}})
     outputs = features.properties.ProcessingOutputConfig.Outputs
+    time_freq = JsonGet(step_name=features.name, property_file=feature_state_file, json_path="time_freq")
 
     trainer = ModelTrainer(
         training_image=resources["DeepARImageUri"], role=resources["RoleArn"], sagemaker_session=session,
         compute=Compute(instance_type=training_instance_type, instance_count=1, volume_size_in_gb=30),
-        hyperparameters=hyperparameters,
+        hyperparameters={**hyperparameters, "time_freq": time_freq},
         input_data_config=[InputData(channel_name=channel, data_source=outputs[channel].S3Output.S3Uri,
                                      content_type="application/jsonlines") for channel in ("train", "test")],
         output_data_config=OutputDataConfig(
@@ -264,8 +191,49 @@ def training_pipeline(resources: dict, session=None):
     check = ConditionStep(name="CheckQuality", conditions=[ConditionLessThanOrEqualTo(left=metric, right=threshold)],
                           if_steps=[register, create], else_steps=[too_low])
     return Pipeline(name=TRAINING_PIPELINE, sagemaker_session=session, steps=[features, training, check],
-                    parameters=[input_data, processing_instance_type, processing_instance_count, training_instance_type,
-                                *hyperparameters.values(), test_windows, model_package_group, approval_status, threshold])
+                    parameters=[input_data, *data_shape.values(), processing_instance_type, processing_instance_count,
+                                training_instance_type, *hyperparameters.values(), test_windows, model_package_group,
+                                approval_status, threshold])
+
+# %% ../nbs/05_pipelines.ipynb #e2a090ee
+def _output_of(step, output: str):
+    "The S3 URI (a property reference) of `output` of an SDK step."
+    from sagemaker.mlops.workflow.steps import ProcessingStep, TrainingStep, TransformStep
+    if isinstance(step, ProcessingStep): return step.properties.ProcessingOutputConfig.Outputs[output].S3Output.S3Uri
+    if isinstance(step, TrainingStep) and output == "model": return step.properties.ModelArtifacts.S3ModelArtifacts
+    if isinstance(step, TransformStep) and output == "forecasts": return step.properties.TransformOutput.S3OutputPath
+    raise ValueError(f"step {step.name} has no output {output!r} a declared step can read (a processing step's outputs, "
+                     "a training step's model, a transform step's forecasts).")
+
+def with_declared_steps(pipeline, resources: dict, session):
+    "`pipeline` with the declared steps of its kind appended, each after the step it names."
+    from sagemaker.core.workflow.parameters import ParameterString
+    from mlops.steps import declared_steps
+    kind = {TRAINING_PIPELINE: "training", INFERENCE_PIPELINE: "inference"}[pipeline.name]
+    steps = {}
+    def collect(step_list):
+        for s in step_list:
+            steps[s.name] = s
+            collect(getattr(s, "if_steps", None) or []); collect(getattr(s, "else_steps", None) or [])
+    collect(pipeline.steps)
+    instance_type = next((p for p in pipeline.parameters if p.name == "ProcessingInstanceType"), None) \
+        or ParameterString("ProcessingInstanceType", default_value="ml.m5.xlarge")
+    for declared in (d for d in declared_steps() if d["pipeline"] == kind):
+        if declared["after"] not in steps:
+            raise ValueError(f"{declared['notebook']}.ipynb declares a step after {declared['after']!r}, which {pipeline.name} "
+                             f"does not have; its steps: {', '.join(steps)}.")
+        if declared["name"] in steps: raise ValueError(f"{declared['notebook']}.ipynb: {pipeline.name} already has a step {declared['name']!r}.")
+        after = steps[declared["after"]]
+        step = notebook_step(
+            declared["name"], declared["notebook"], pipeline=pipeline.name, resources=resources, session=session,
+            instance_type=instance_type, instance_count=1,
+            inputs={name: _output_of(after, name) for name in declared["inputs"]}, outputs=declared["outputs"],
+            parameters={**{f"{name}_dir": f"{PROCESSING_ROOT}/input/{name}" for name in declared["inputs"]},
+                        "output_dir": f"{PROCESSING_ROOT}/output"},
+            depends_on=None if declared["inputs"] else [after.name])
+        pipeline.steps.append(step)
+        steps[step.name] = step
+    return pipeline
 
 # %% ../nbs/05_pipelines.ipynb #d64a38f2
 RESOLVED_MODEL_FILE = "model.json"
@@ -348,6 +316,7 @@ def pipeline_definitions(resources: dict | None = None) -> dict[str, dict]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 session = pipeline_session(resources)
-                return {name: json.loads(build(resources, session).definition()) for name, build in PIPELINES.items()}
+                return {name: json.loads(with_declared_steps(build(resources, session), resources, session).definition())
+                        for name, build in PIPELINES.items()}
     finally:
         logging.disable(disabled)

@@ -152,6 +152,8 @@ def render_inputs_digest() -> str:
         except importlib.metadata.PackageNotFoundError: version = "absent"
         parts.append(f"{package}=={version}")
     parts.append(f"python {sys.version_info.major}.{sys.version_info.minor}")
+    from mlops.steps import declared_steps  # the steps that step notebooks declare are built into the pipelines too
+    parts.append(json.dumps(declared_steps(), sort_keys=True))
     return text_sha256("\n".join(parts))
 
 def render_artifacts() -> dict[str, str]:

@@ -19,8 +19,9 @@ from .engine.store import LocalStore
 from .files import sha256
 
 # %% auto #0
-__all__ = ['LOCAL_BUCKET', 'PIPELINES', 'LOCAL_PARAMETERS', 'local_values', 'local_definition', 'stage_step_notebooks',
-           'stage_local_inputs', 'check_model_package', 'resumed_pipeline', 'run']
+__all__ = ['LOCAL_BUCKET', 'PIPELINES', 'LOCAL_PARAMETERS', 'DEMO_DATA_PARAMETERS', 'local_values', 'local_definition',
+           'stage_step_notebooks', 'stage_local_inputs', 'check_model_package', 'local_parameters', 'check_local_run',
+           'name_the_users_data', 'resumed_pipeline', 'run']
 
 # %% ../nbs/08_runner.ipynb #08688257
 LOCAL_BUCKET = "mlops-local"
@@ -67,7 +68,7 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
     from mlops.config import FORECAST
     if pipeline == "inference": check_model_package(definition, parameters, home)  # before anything is written
     from mlops.data.demo import write_demo_data
-    store, overrides = LocalStore(home / "store"), dict(parameters)
+    store, overrides = LocalStore(home / "store"), local_parameters(pipeline, parameters, data)
     stage_step_notebooks(home)
     if "InputDataUri" not in overrides:
         if data is not None:
@@ -77,16 +78,15 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
         else:  # the demo data; inference gets future rows with a known promotion plan
             future = FORECAST.prediction_length if pipeline == "inference" else 0
             uri = f"s3://{LOCAL_BUCKET}/data/demo-{pipeline}/demo.csv"
-        if not store.exists(uri):
+        if not store.exists(uri) and data is not None:
+            store.upload(data, uri)  # one copy, written atomically
+        elif not store.exists(uri):
             staging = home / "tmp" / uuid.uuid4().hex[:8]
             staging.mkdir(parents=True, exist_ok=True)
-            if data is not None: shutil.copy2(data, staging / data.name)
-            else: write_demo_data(staging / "demo.csv", future_periods=future)
-            store.upload(staging / (data.name if data is not None else "demo.csv"), uri)
+            write_demo_data(staging / "demo.csv", future_periods=future)
+            store.upload(staging / "demo.csv", uri)
             shutil.rmtree(staging, ignore_errors=True)
         overrides["InputDataUri"] = uri
-    if pipeline == "training":
-        overrides = {**LOCAL_PARAMETERS["training"], **overrides}
     return overrides
 
 def check_model_package(definition: dict, parameters: dict, home: Path) -> dict:
@@ -96,6 +96,51 @@ def check_model_package(definition: dict, parameters: dict, home: Path) -> dict:
     group = parameters.get("ModelPackageGroupName", defaults.get("ModelPackageGroupName", ""))
     try: return resolve_locally(group, parameters.get("ModelPackageArn", defaults.get("ModelPackageArn") or ""), home)
     except PackageNotUsable as e: raise DefinitionNotRunnable(str(e)) from None
+
+# %% ../nbs/08_runner.ipynb #131742a8
+DEMO_DATA_PARAMETERS = {"StaticCatColumns": "store,category", "DynamicRealColumns": "promo"}  # the demo data's columns
+
+def local_parameters(pipeline: str, parameters: dict, data: str | Path | None = None) -> dict:
+    "Your `-p` values with what a local run adds: `LOCAL_PARAMETERS`, and the demo data's columns when it runs on the demo data."
+    overrides = {**LOCAL_PARAMETERS.get(pipeline, {}), **parameters}
+    if pipeline == "training" and data is None and "InputDataUri" not in parameters:
+        overrides = {**DEMO_DATA_PARAMETERS, **overrides}
+    return overrides
+
+def check_local_run(pipeline: str, definition: dict, parameters: dict, data: str | Path | None = None):
+    "`DefinitionNotRunnable` for a parameter out of range or a `--data` file that cannot be data; nothing is written."
+    from mlops.definition.parameters import ParameterError, check_parameters
+    if data is not None:
+        from mlops.data.series import DataValidationError, file_kind
+        path = Path(data)
+        if not path.is_file(): raise DefinitionNotRunnable(f"data file not found: {path}. Fix: check the path.")
+        if path.stat().st_size == 0: raise DefinitionNotRunnable(f"{path}: the file is empty. Fix: write the header and rows of data.")
+        try: file_kind(path)
+        except DataValidationError as e: raise DefinitionNotRunnable(str(e)) from None
+    try: check_parameters(definition, local_parameters(pipeline, parameters, data))
+    except ParameterError as e: raise DefinitionNotRunnable(str(e)) from None
+
+def _data_step_failed(execution: Execution) -> list[str]:
+    "The steps of `execution` that failed on the input data (a `DataValidationError`)."
+    return [s.name for s in execution.steps if s.status == "Failed" and "DataValidationError" in (s.failure_reason or "")]
+
+def name_the_users_data(execution: Execution, data: str | Path, home: Path, staged_uri: str | None = None) -> Execution:
+    """Messages of `execution` with the staged copies of `data` named by your path; when a step refused the data,
+    the copies this run made removed (`staged_uri`: the store object staged for this run, if it was new)."""
+    import re
+    data = Path(data)
+    copies = re.compile(re.escape(str(home / "runs")) + r"/[^/\s]+/[^/\s]+/input/[^/\s]+/" + re.escape(data.name))
+    def named(text): return copies.sub(str(data), text) if text else text
+    execution.failure_reason = named(execution.failure_reason)
+    for step in execution.steps: step.failure_reason = named(step.failure_reason)
+    if _data_step_failed(execution):
+        for step in execution.steps:
+            for folder in (execution.folder / step.name / "input").glob("*"):
+                if (folder / data.name).is_file(): shutil.rmtree(folder, ignore_errors=True)
+        if staged_uri and not any(row["id"] != execution.id and json.loads(row["parameters"] or "{}").get("InputDataUri") == staged_uri
+                                  for row in Records(home / "runs.db").executions(limit=1000) if row):
+            shutil.rmtree(LocalStore(home / "store").path(staged_uri).parent, ignore_errors=True)
+    return execution
 
 # %% ../nbs/08_runner.ipynb #eee10b2b
 def resumed_pipeline(execution_id: str, home: Path, names: dict[str, str]) -> str:
@@ -112,6 +157,8 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         home: str | Path | None = None, listeners=(), track: bool = True, **options) -> Execution:
     "Run the project's `pipeline` ('training' or 'inference') locally on `data` (default: the demo data)."
     home = (Path(home) if home else mlops_home()).resolve()
+    if not options.get("resume"):  # a value out of range, a file that is not data: refused before anything is written
+        check_local_run(pipeline, local_definition(pipeline), parameters or {}, data)
     tracker = None
     if track:
         from mlops.tracking.store import preload
@@ -126,8 +173,14 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         stage_step_notebooks(home)
     else:
         definition = local_definition(pipeline)
+        staged_before = {p.parent for p in (home / "store" / LOCAL_BUCKET / "data").glob("*/*")}
         parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
     name = names[pipeline]
     from mlops.engine.events import EventWriter  # every transition, as SageMaker's EventBridge events, in .mlops/events.jsonl
-    return run_definition(definition, parameters, pipeline=name, home=home,
-                          listeners=[*listeners, EventWriter(home), *([tracker] if tracker else [])], registry=tracker, **options)
+    execution = run_definition(definition, parameters, pipeline=name, home=home,
+                               listeners=[*listeners, EventWriter(home), *([tracker] if tracker else [])], registry=tracker, **options)
+    if data is not None and not resume:
+        uri = parameters.get("InputDataUri", "")
+        new = uri.startswith(f"s3://{LOCAL_BUCKET}/data/") and LocalStore(home / "store").path(uri).parent not in staged_before
+        name_the_users_data(execution, data, home, uri if new else None)
+    return execution

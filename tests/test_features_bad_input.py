@@ -72,7 +72,8 @@ def test_short_series_are_dropped_with_a_warning(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     train_lines = (tmp_path / "out" / "train" / "train.json").read_text().splitlines()
     assert len(train_lines) == 1  # item b was dropped
-    assert "dropped (too short)" in result.stdout and "b" in result.stdout
+    shown = " ".join(result.stdout.split())
+    assert "dropped 1 series with fewer than 42 observed points" in shown and "test_windows): b" in shown
 
 
 def test_infer_without_future_dynamic_features_is_refused(tmp_path: Path, small_demo: Path):
@@ -85,7 +86,9 @@ def test_infer_without_future_dynamic_features_is_refused(tmp_path: Path, small_
     result = run_mlops("features", "--mode", "infer", "--input", history_only, "--output", tmp_path / "infer",
                        "--state", tmp_path / "train" / "state")
     assert result.returncode == 1
-    assert "0 future rows after the last observed target" in " ".join(result.stderr.split())
+    message = " ".join(result.stderr.split())
+    assert "item 'item_001': 0 future rows (after 2022-03-31 00:00:00, the last timestamp with an observed target" in message
+    assert "the forecast needs exactly prediction_length=14;" in message and "known dynamic feature values" in message
     assert not (tmp_path / "infer" / "inference").exists()
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from mlops.config import DEEPAR_HYPERPARAMETERS, FORECAST, project_root, step_notebook
 from mlops.data.demo import write_demo_transform_output
-from mlops.pipelines import PROCESSING_ENTRYPOINT, QUALITY_METRIC, hyperparameter_parameter
+from mlops.pipelines import DATA_SHAPE_PARAMETERS, PROCESSING_ENTRYPOINT, QUALITY_METRIC, hyperparameter_parameter
+from mlops.steps import declared_steps
 from mlops.processing import declared_parameters
 from mlops.definition.graph import all_steps, step_edges
 from mlops.render import TEMPLATE_FILES
@@ -48,13 +49,18 @@ def inference():
     return by_name(load("DeepARBatchInference"))
 
 
+def added(pipeline: str) -> dict:
+    "The steps that step notebooks declare (`mlops new-step`): processing steps, each in its pipeline."
+    return {d["name"]: "Processing" for d in declared_steps() if d["pipeline"] == pipeline}
+
+
 def test_the_steps_and_their_types():
     assert {n: s["Type"] for n, s in by_name(load("DeepARTraining")).items()} == {
         "FeatureEngineering": "Processing", "TrainDeepAR": "Training", "CheckQuality": "Condition",
-        "RegisterModel": "RegisterModel", "CreateModel": "Model", "QualityTooLow": "Fail"}
+        "RegisterModel": "RegisterModel", "CreateModel": "Model", "QualityTooLow": "Fail", **added("training")}
     assert {n: s["Type"] for n, s in by_name(load("DeepARBatchInference")).items()} == {
         "ResolveModel": "Processing", "CreateModel": "Model", "PrepareInference": "Processing", "BatchTransform": "Transform",
-        "ForecastReport": "Processing"}
+        "ForecastReport": "Processing", **added("inference")}
 
 
 @pytest.mark.parametrize("pipeline,step,notebook,mode", [("DeepARTraining", "FeatureEngineering", "feature_engineering", "train"),
@@ -90,7 +96,14 @@ def test_processing_steps_run_step_notebooks_through_the_entry_point(pipeline, s
 def test_feature_engineering_gets_the_forecast_parameters_of_the_training_job(training):
     _, _, parameters = notebook_call(training["FeatureEngineering"])
     hyperparameters = training["TrainDeepAR"]["Arguments"]["HyperParameters"]
-    assert parameters["freq"] == hyperparameters["time_freq"] == {"Get": "Parameters.TimeFreq"}
+    # the data's frequency (a pandas alias, W-MON) goes to the feature step, which maps it to DeepAR's time_freq (W)
+    assert parameters["freq"] == {"Get": "Parameters.TimeFreq"}
+    assert hyperparameters["time_freq"] == {"Std:JsonGet": {
+        "PropertyFile": {"Get": "Steps.FeatureEngineering.PropertyFiles.FeatureState"}, "Path": "time_freq"}}
+    assert training["FeatureEngineering"]["PropertyFiles"] == [
+        {"PropertyFileName": "FeatureState", "OutputName": "state", "FilePath": "feature_state.json"}]
+    for name, notebook_parameter in DATA_SHAPE_PARAMETERS.items():  # the data's column names
+        assert parameters[notebook_parameter[0]] == {"Get": f"Parameters.{name}"}
     for name in ("prediction_length", "context_length"):
         assert parameters[name] == hyperparameters[name]
     assert parameters["test_windows"] == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.TestWindows"}]}}  # an Integer, as text (#4867)
@@ -104,7 +117,8 @@ def test_every_deepar_hyperparameter_is_a_string_parameter_with_its_default():
     assert set(hyperparameters) == set(DEEPAR_HYPERPARAMETERS)
     for name, default in DEEPAR_HYPERPARAMETERS.items():
         parameter = declared[hyperparameter_parameter(name)]
-        assert hyperparameters[name] == {"Get": f"Parameters.{parameter['Name']}"}
+        if name != "time_freq":  # time_freq: mapped from TimeFreq by the feature step (above)
+            assert hyperparameters[name] == {"Get": f"Parameters.{parameter['Name']}"}
         assert parameter["Type"] == "String" and parameter["DefaultValue"] == default
     assert declared["PredictionLength"]["DefaultValue"] == str(FORECAST.prediction_length)
     assert declared["ModelApprovalStatus"]["DefaultValue"] == "PendingManualApproval"

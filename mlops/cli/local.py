@@ -15,8 +15,8 @@ from . import assignments, console, err_console, fail, format_time, main
 from ..config import FORECAST, mlops_home
 
 # %% auto #0
-__all__ = ['demo_data_command', 'features', 'ProgressView', 'show_execution_summary', 'checked_definition', 'run', 'runs',
-           'status', 'logs', 'train_deepar']
+__all__ = ['demo_data_command', 'data_notes', 'features', 'ProgressView', 'show_execution_summary', 'checked_definition', 'run',
+           'runs', 'status', 'logs', 'train_deepar']
 
 # %% ../../nbs/cli/01_local.ipynb #b49a2cba
 @main.command("demo-data")
@@ -53,6 +53,21 @@ def _features_parameters(input_path, output_dir, mode, state, freq, prediction_l
     parameters.update({k: v for k, v in optional.items() if v is not None})
     return parameters
 
+# %% ../../nbs/cli/01_local.ipynb #6f2c9be8
+def data_notes(summary: dict) -> list[str]:
+    "One line per thing the feature step left out or replaced, from its summary.json."
+    notes, shown = [], lambda items: ", ".join(items[:10]) + (f" (and {len(items) - 10} more)" if len(items) > 10 else "")
+    if short := summary.get("dropped_short_items"):
+        notes.append(f"dropped {len(short)} series with fewer than {summary.get('min_length', '?')} observed points "
+                     f"(too short for context_length + prediction_length × test_windows): {shown(short)}")
+    if empty := summary.get("dropped_empty_items"):
+        notes.append(f"dropped {len(empty)} series with no observed target at all: {shown(empty)}")
+    fallbacks = summary.get("category_fallbacks", {})
+    for column, count in (summary.get("unseen_categories") or {}).items():
+        if count: notes.append(f"{count} item(s) have a {column} value unseen in training: they use {fallbacks.get(column, '?')!r}, "
+                               "the most frequent value in training")
+    return notes
+
 # %% ../../nbs/cli/01_local.ipynb #4fefe516
 def _show_features(output_dir: Path, report: Path):
     import json
@@ -60,8 +75,7 @@ def _show_features(output_dir: Path, report: Path):
     table = Table(title=f"features ({summary['mode']} mode)", show_header=False, title_justify="left")
     for key in ["source", "items", "rows", "start", "end", "freq", "missing_targets", "future_rows", "cardinality", "unseen_categories"]:
         table.add_row(key, str(summary[key]))
-    if summary["dropped_short_items"]:
-        table.add_row("dropped (too short)", ", ".join(summary["dropped_short_items"]))
+    for line in data_notes(summary): table.add_row("[yellow]note[/]", line)
     order = ["train", "test", "state", "inference", "index"]
     for name, path in sorted(summary["outputs"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         table.add_row(f"[bold]{name}[/]", str(output_dir / path))
@@ -164,6 +178,12 @@ def show_execution_summary(execution):
     for step, named in execution.outputs.items():
         local = {k: store / v[len("s3://"):] for k, v in named.items() if v.startswith("s3://") and k != "report"}
         if local: console.print(f"{step} outputs: " + ", ".join(f"{k} {path}" for k, path in local.items()), markup=False, soft_wrap=True)
+    for step, named in execution.outputs.items():  # what a feature step dropped or replaced in your data
+        summary = store / named["report"][len("s3://"):] / "summary.json" if named.get("report", "").startswith("s3://") else None
+        if summary is not None and summary.is_file():
+            import json
+            for note in data_notes(json.loads(summary.read_text())):
+                console.print(f"{step}: note: {note}", markup=False, soft_wrap=True)
     for notebook in execution.notebooks: console.print(f"executed notebook: {notebook}", markup=False, soft_wrap=True)
     if execution.status != "Succeeded":
         err_console.print(f"[bold red]{execution.status}:[/] {execution.failure_reason}", soft_wrap=True)
@@ -202,7 +222,13 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     parameters = assignments(parameters)
     options = dict(max_parallel=max_parallel, use_cache=not no_cache, resume=resume, reference=reference,
                    steps=[s.strip() for s in steps.split(",")] if steps else None)
-    if definition is not None: document = checked_definition(definition)
+    if definition is not None:
+        from rich.markup import escape
+        from mlops.definition.parameters import ParameterError, check_parameters
+        document = checked_definition(definition)
+        if not resume:  # every value in its range before any step runs
+            try: check_parameters(document, parameters)
+            except ParameterError as e: fail(escape(str(e)), 2)
     try:
         with ProgressView(console) as view:
             if definition is not None:
@@ -280,3 +306,6 @@ def train_deepar(work_dir: Path | None, epochs: int, hyperparameters: tuple[str,
     console.print(f"model: {result['model']}", markup=False, soft_wrap=True)
     console.print(f"metrics: {result['metrics_file']}", markup=False, soft_wrap=True)
     console.print(f"wall time: {result['seconds']:.1f} s")
+
+# %% ../../nbs/cli/01_local.ipynb #cce803c8
+from . import steps  # noqa: E402,F401  `mlops params` and `mlops new-step` register on main

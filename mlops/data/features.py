@@ -14,12 +14,13 @@ import orjson
 import pandas as pd
 
 from .series import SeriesColumns, TimeSeriesTable, DataValidationError
+from ..deepar.hyperparameters import deepar_time_freq
 from ..files import atomic_write, found_file
 
 # %% auto #0
 __all__ = ['STATE_FORMAT_VERSION', 'FeatureState', 'fit_feature_state', 'EncodedSeries', 'encode_series', 'deepar_json_lines',
-           'observed_ends', 'training_channels', 'inference_requests', 'min_series_length', 'build_features',
-           'read_forecasts']
+           'observed_ends', 'training_channels', 'history_cutoff', 'history_ends', 'inference_requests',
+           'min_series_length', 'build_features', 'read_forecasts']
 
 # %% ../../nbs/data/03_features.ipynb #0c1a04a6
 STATE_FORMAT_VERSION = 1
@@ -39,6 +40,7 @@ class FeatureState:
     train_end: str = ""
     n_items: int = 0
     execution_id: str = ""
+    time_freq: str = ""  # DeepAR's time_freq for `freq` (W-MON -> W): the training step reads it from here
     format_version: int = STATE_FORMAT_VERSION
 
     @property
@@ -96,7 +98,7 @@ def fit_feature_state(table: TimeSeriesTable, prediction_length: int, context_le
                         cat_fallback=cat_fallback, dynamic_scaling=scaling,
                         train_start=str(frame[cols.timestamp].min()),
                         train_end=str(frame.loc[frame[cols.target].notna(), cols.timestamp].max()),  # the last observation
-                        n_items=len(first_rows), execution_id=execution_id)
+                        n_items=len(first_rows), execution_id=execution_id, time_freq=deepar_time_freq(table.freq))
 
 # %% ../../nbs/data/03_features.ipynb #2ceffcba
 @dataclass
@@ -180,22 +182,40 @@ def training_channels(encoded: EncodedSeries, prediction_length: int, test_windo
     return train, test
 
 # %% ../../nbs/data/03_features.ipynb #407943ad
+def history_cutoff(encoded: EncodedSeries) -> np.datetime64:
+    "The data's now: the last timestamp with an observed target, in any item."
+    observed = ~np.isnan(encoded.target)
+    return encoded.timestamps[observed].max()
+
+def history_ends(encoded: EncodedSeries, cutoff: np.datetime64 | None = None) -> np.ndarray:
+    "Per item, one past its last row at or before `cutoff` (default `history_cutoff`): later rows are future rows."
+    cutoff = history_cutoff(encoded) if cutoff is None else cutoff
+    within = (encoded.timestamps <= cutoff).astype(np.int64)  # rows are sorted by timestamp within each item
+    return encoded.bounds[:-1] + np.add.reduceat(within, encoded.bounds[:-1])
+
 def inference_requests(encoded: EncodedSeries, prediction_length: int, freq: str, source="<table>") -> tuple[bytes, pd.DataFrame]:
     "Inference request lines (DeepAR instances) and the index that maps each line to its item and forecast start."
-    ends, history_ends = encoded.bounds[1:], observed_ends(encoded)
-    if encoded.dynamic:
-        future_rows = ends - history_ends
-        short = future_rows < prediction_length
-        if short.any():
-            i = int(np.flatnonzero(short)[0])
-            raise DataValidationError(source, f"{int(future_rows[i])} future rows after the last observed target, but the "
-                                      f"dynamic features must cover prediction_length={prediction_length} future points.",
-                                      "append the future rows (empty target, known dynamic feature values) for the forecast horizon.",
-                                      item=encoded.item_ids[i])
-    requests = deepar_json_lines(encoded, history_ends, dynamic_ends=history_ends + prediction_length)
+    cutoff = history_cutoff(encoded)
+    ends, ends_of_history = encoded.bounds[1:], history_ends(encoded, cutoff)
+    future_rows = ends - ends_of_history
+    allowed = future_rows == prediction_length
+    if not encoded.dynamic: allowed |= future_rows == 0
+    if not allowed.all():
+        wrong = np.flatnonzero(~allowed)
+        i = int(wrong[0])
+        need = f"exactly prediction_length={prediction_length}" + ("" if encoded.dynamic else " (or none)")
+        raise DataValidationError(source, f"{int(future_rows[i])} future rows (after {pd.Timestamp(cutoff)}, the last timestamp with "
+                                  f"an observed target in the file), but the forecast needs {need}"
+                                  + (f"; {len(wrong)} items are like this." if len(wrong) > 1 else "."),
+                                  f"give every item the same history end and {prediction_length} future rows (empty target"
+                                  + (", known dynamic feature values)" if encoded.dynamic else ")")
+                                  + ", or pass the prediction_length the model was trained with.", item=encoded.item_ids[i])
+    requests = deepar_json_lines(encoded, ends_of_history, dynamic_ends=ends_of_history + prediction_length)
+    history_ends_at = ends_of_history
     offset = pd.tseries.frequencies.to_offset(freq)
-    forecast_start = pd.DatetimeIndex(encoded.timestamps[history_ends - 1]) + offset
-    index = pd.DataFrame({"item_id": encoded.item_ids, "forecast_start": forecast_start.strftime("%Y-%m-%d %H:%M:%S")})
+    forecast_start = pd.DatetimeIndex(encoded.timestamps[history_ends_at - 1]) + offset  # right after each item's history
+    index = pd.DataFrame({"item_id": encoded.item_ids, "forecast_start": forecast_start.strftime("%Y-%m-%d %H:%M:%S"),
+                          "future_rows": future_rows})
     return requests, index
 
 # %% ../../nbs/data/03_features.ipynb #c85bda8e
@@ -222,11 +242,19 @@ def build_features(table: TimeSeriesTable, output_dir: str | Path, mode: str = "
         requests, index = inference_requests(encoded, state.prediction_length, state.freq, table.summary.get("source", "<table>"))
         outputs = {"inference": (output_dir / "inference" / "requests.jsonl", requests),
                    "index": (output_dir / "index" / "items.csv", index.to_csv(index=False).encode())}
+        cutoff = history_cutoff(encoded)  # future rows by timestamp, not by missing target
+        future = encoded.timestamps > cutoff
+        extra = {"history_end": str(pd.Timestamp(cutoff)), "future_rows": int(future.sum()),
+                 "missing_targets": int((np.isnan(encoded.target) & ~future).sum()),
+                 "forecast_starts": sorted(index["forecast_start"].unique().tolist())[:5],
+                 "category_fallbacks": {c: next(v for v, i in state.cat_maps[c].items() if i == state.cat_fallback[c])
+                                        for c, n in encoded.unseen_categories.items() if n}}
     else:
         raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}.")
     for path, data in outputs.values():
         atomic_write(path, data)
-    return {**table.summary, "mode": mode, "series": int(len(encoded.starts)),
+    extra = extra if mode == "infer" else {"time_freq": state.time_freq}
+    return {**table.summary, **extra, "mode": mode, "series": int(len(encoded.starts)),
             "cardinality": state.cardinality, "unseen_categories": encoded.unseen_categories,
             "prediction_length": state.prediction_length, "context_length": state.context_length,
             "test_windows": state.test_windows, "execution_id": execution_id,

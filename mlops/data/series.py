@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['SeriesColumns', 'DataValidationError', 'read_table', 'TimeSeriesTable', 'validate_series', 'read_series']
+__all__ = ['MAX_ABS_VALUE', 'SeriesColumns', 'DataValidationError', 'file_kind', 'read_table', 'TimeSeriesTable',
+           'validate_series', 'read_series']
 
 # %% ../../nbs/data/01_series.ipynb #a4fc92f4
 def _names(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -45,6 +46,12 @@ class SeriesColumns:
         "Every column the table must have, in order."
         return [self.item_id, self.timestamp, self.target, *self.static_cat, *self.dynamic_real]
 
+    def roles(self, names) -> list[str]:
+        "The role ('item_id', 'timestamp', 'target', 'static_cat', 'dynamic_real') of each column in `names`."
+        role = {self.item_id: "item_id", self.timestamp: "timestamp", self.target: "target",
+                **{c: "static_cat" for c in self.static_cat}, **{c: "dynamic_real" for c in self.dynamic_real}}
+        return [role[n] for n in names]
+
     def as_dict(self) -> dict:
         return {"item_id": self.item_id, "timestamp": self.timestamp, "target": self.target,
                 "static_cat": list(self.static_cat), "dynamic_real": list(self.dynamic_real)}
@@ -60,6 +67,32 @@ class DataValidationError(ValueError):
         super().__init__(f"{source}: {place + ': ' if place else ''}{problem} Fix: {fix}")
 
 # %% ../../nbs/data/01_series.ipynb #0be5b406
+_MAGIC = [(b"PAR1", "parquet", None), (b"\x1f\x8b", "gzip", "a gzip-compressed file: decompress it first (gunzip)"),
+          (b"PK\x03\x04", "zip", "a ZIP archive (an Excel .xlsx workbook is one): export the sheet as CSV, or unzip it"),
+          (b"%PDF", "pdf", "a PDF document"), (b"SQLite format 3\x00", "sqlite", "an SQLite database: export the table as CSV"),
+          (b"\x89PNG", "png", "a PNG image"), (b"\xff\xd8\xff", "jpeg", "a JPEG image"),
+          (b"BZh", "bzip2", "a bzip2-compressed file: decompress it first"), (b"\xfd7zXZ", "xz", "an xz-compressed file: decompress it first")]
+
+def file_kind(path: str | Path, sample: int = 1 << 16) -> str:
+    "What `path` holds, from its first bytes: 'parquet' or 'text' (CSV), else `DataValidationError` naming what it is."
+    with open(path, "rb") as f: head = f.read(sample)
+    for magic, kind, what in _MAGIC:
+        if head.startswith(magic):
+            if what is None: return kind
+            raise DataValidationError(path, f"is not a CSV or Parquet file: it is {what.split(':')[0]}.",
+                                      what.split(": ", 1)[1] + "." if ": " in what else "give a CSV or Parquet file.")
+    if b"\x00" in head:
+        zeros = head.count(b"\x00") / max(len(head), 1)
+        what = "NUL bytes only" if zeros == 1 else "binary data (NUL bytes)"
+        raise DataValidationError(path, f"is not a CSV or Parquet file: its first {len(head):,} bytes hold {what}, not text.",
+                                  "give a CSV (UTF-8 text, comma-separated, with a header) or a Parquet file.")
+    try: head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not just a character cut at the end of the sample
+            raise DataValidationError(path, f"is not UTF-8 text (byte {e.start}: {head[e.start:e.start + 1]!r}).",
+                                      "save the CSV as UTF-8, or write Parquet.") from None
+    return "text"
+
 def read_table(path: str | Path) -> tuple[pd.DataFrame, str]:
     "The raw table in `path` (CSV or Parquet) and the row label used in messages ('line' or 'row')."
     path = Path(path)
@@ -74,7 +107,11 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, str]:
         path = files[0]
     if path.stat().st_size == 0:
         raise DataValidationError(path, "the file is empty.", "write the header and at least one row of data.")
-    suffix = path.suffix.lower()
+    suffix, kind = path.suffix.lower(), file_kind(path)
+    if kind == "parquet" and suffix not in {".parquet", ".pq"}:
+        raise DataValidationError(path, f"is a Parquet file named {suffix or 'without a suffix'}.", "rename it to .parquet.")
+    if kind == "text" and suffix in {".parquet", ".pq"}:
+        raise DataValidationError(path, "is named .parquet but holds text.", "rename it to .csv if it is a CSV file.")
     try:
         if suffix in {".parquet", ".pq"}:
             table, label = pd.read_parquet(path), "row"
@@ -115,8 +152,10 @@ def _first(mask) -> int:
     return int(np.flatnonzero(np.asarray(mask))[0])
 
 # %% ../../nbs/data/01_series.ipynb #d30b4fed
+MAX_ABS_VALUE = 1e15  # float32 holds up to 3.4e38: a square of 1e15 (1e30) times a long series still fits
+
 def _numeric(raw: pd.DataFrame, column: str, source, label: str, item_ids: pd.Series, allow_missing: bool) -> np.ndarray:
-    "The column as float64, refusing text that is not a number, infinities and (optionally) missing values."
+    "The column as float64, refusing text that is not a number, magnitudes above `MAX_ABS_VALUE`, infinities and (optionally) missing values."
     values = pd.to_numeric(raw[column], errors="coerce")
     text = raw[column]
     unparsed = values.isna() & text.notna()
@@ -126,6 +165,13 @@ def _numeric(raw: pd.DataFrame, column: str, source, label: str, item_ids: pd.Se
                                   "write plain numbers (decimal point '.'), and leave the cell empty for a missing value.",
                                   column, _where(label, i), item_ids.iloc[i])
     values = values.to_numpy(dtype="float64")
+    huge = np.isfinite(values) & (np.abs(values) > MAX_ABS_VALUE)  # infinities: their own message below
+    if huge.any():
+        i = _first(huge)
+        raise DataValidationError(source, f"{text.iloc[i]} is beyond what training can take: DeepAR computes in 32-bit floats, "
+                                  f"and values larger than {MAX_ABS_VALUE:.0e} in magnitude overflow its sums and squares.",
+                                  "rescale the column (thousands, millions), or fix the value if it is an error.",
+                                  column, _where(label, i), item_ids.iloc[i])
     infinite = np.isinf(values)
     if infinite.any():
         i = _first(infinite)
@@ -158,6 +204,10 @@ def _timestamps(raw: pd.DataFrame, column: str, source, label: str, item_ids: pd
     return parsed.astype("datetime64[ns]")
 
 # %% ../../nbs/data/01_series.ipynb #924fc53c
+_ANCHOR_WORDS = {"W": "weeks dated on the given weekday", "ME": "months dated on their last day", "MS": "months dated on their first day",
+                 "QE": "quarters dated on their last day", "QS": "quarters dated on their first day",
+                 "YE": "years dated on their last day", "YS": "years dated on their first day"}
+
 def _check_regular(frame: pd.DataFrame, columns: SeriesColumns, freq: str, declared: bool, source, label: str):
     "Refuse an item whose consecutive timestamps are not exactly one `freq` step apart."
     offset = pd.tseries.frequencies.to_offset(freq)
@@ -166,6 +216,21 @@ def _check_regular(frame: pd.DataFrame, columns: SeriesColumns, freq: str, decla
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
         expected = ts.shift(1) + offset
+    if not isinstance(offset, pd.offsets.Tick):  # anchored (W-SUN, MS, ...): an item's first point must be on the anchor
+        for i in np.flatnonzero(~same_item):
+            if not offset.is_on_offset(ts.iloc[i]):
+                item_ts = ts[items == items[i]]
+                hint = pd.infer_freq(item_ts) if len(item_ts) >= 3 else None
+                anchor = f" ({offset.freqstr}: {_ANCHOR_WORDS.get(offset.freqstr.split('-')[0].lstrip('0123456789'), 'anchored')})" \
+                    if offset.freqstr != freq else ""
+                day = f", a {ts.iloc[i]:%A}," if isinstance(offset, pd.offsets.Week) else ""
+                if isinstance(offset, pd.offsets.Week) and offset.weekday is not None and offset.freqstr != freq:
+                    anchor = f" ({offset.freqstr}: weeks dated on {pd.Timestamp('2024-01-01') + pd.Timedelta(days=offset.weekday):%A}s)"
+                raise DataValidationError(
+                    source, f"{ts.iloc[i]}{day} is not a point of the {'declared' if declared else 'inferred'} frequency {freq!r}{anchor}.",
+                    (f"declare the frequency the timestamps follow: {hint!r}." if hint else
+                     "declare the anchored frequency the timestamps follow (W-MON for weeks dated on Mondays, MS for months "
+                     "dated on their first day)."), columns.timestamp, _where(label, int(frame['_row'].iloc[i])), items[i])
     irregular = same_item & (ts != expected).to_numpy()
     if irregular.any():
         i = _first(irregular)
@@ -192,6 +257,9 @@ def _infer_freq(frame: pd.DataFrame, columns: SeriesColumns, source) -> str:
     return freq
 
 # %% ../../nbs/data/01_series.ipynb #e4953dcd
+_ROLE_PARAMETERS = {"item_id": "ItemIdColumn", "timestamp": "TimestampColumn", "target": "TargetColumn",
+                    "static_cat": "StaticCatColumns", "dynamic_real": "DynamicRealColumns"}  # the pipeline parameters
+
 def validate_series(raw: pd.DataFrame, columns: SeriesColumns = SeriesColumns(), freq: str | None = None,
                     min_length: int = 1, short_series: str = "drop", source=None, label: str = "row") -> TimeSeriesTable:
     "Validate a raw long-format table and return it typed and sorted, or raise `DataValidationError`."
@@ -200,9 +268,12 @@ def validate_series(raw: pd.DataFrame, columns: SeriesColumns = SeriesColumns(),
         raise ValueError(f"short_series must be 'drop' or 'fail', got {short_series!r}.")
     missing = [c for c in columns.required if c not in raw.columns]
     if missing:
+        roles = sorted({_ROLE_PARAMETERS[role] for role in columns.roles(missing)})
         raise DataValidationError(source, f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
                                   f"(found: {', '.join(map(repr, raw.columns))}).",
-                                  "rename the columns in the file, or pass the column names that it uses.")
+                                  "rename the columns in the file, or pass the names that it uses "
+                                  f"(pipeline parameter{'s' if len(roles) > 1 else ''} {', '.join(f'-p {r}=...' for r in roles)}; "
+                                  "an empty StaticCatColumns or DynamicRealColumns uses none).")
     if raw[columns.item_id].isna().any():
         i = _first(raw[columns.item_id].isna())
         raise DataValidationError(source, "missing item id.", "give every row an item id.", columns.item_id, _where(label, i))
@@ -251,8 +322,10 @@ def validate_series(raw: pd.DataFrame, columns: SeriesColumns = SeriesColumns(),
     lengths = observed_length.max()
     future = position >= observed_length.transform("max").to_numpy()  # rows after the last observed target
     short = lengths[lengths < min_length]
+    empty = short[short == 0]  # no observed target at all: not "too short", empty
     if len(short):
         detail = f"{len(short)} of {len(lengths)} series have fewer than {min_length} observed points (e.g. item {short.index[0]!r}: {int(short.iloc[0])})"
+        if len(empty): detail += f"; {len(empty)} of them have no observed target at all (e.g. item {empty.index[0]!r})"
         if short_series == "fail":
             raise DataValidationError(source, detail + ".", "provide longer series, lower context_length or prediction_length, "
                                       "or drop short series (short_series='drop').", item=short.index[0])
@@ -267,7 +340,8 @@ def validate_series(raw: pd.DataFrame, columns: SeriesColumns = SeriesColumns(),
                "start": str(frame[columns.timestamp].min()), "end": str(frame[columns.timestamp].max()),
                "freq": freq, "missing_targets": int((frame[columns.target].isna().to_numpy() & ~future).sum()),
                "future_rows": int(future.sum()),
-               "dropped_short_items": sorted(map(str, short.index))}
+               "dropped_short_items": sorted(map(str, short.index.difference(empty.index))),
+               "dropped_empty_items": sorted(map(str, empty.index)), "min_length": int(min_length)}
     return TimeSeriesTable(frame, columns, freq, summary)
 
 # %% ../../nbs/data/01_series.ipynb #8bd0b8b9

@@ -12,8 +12,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
 # %% auto #0
-__all__ = ['SAGEMAKER_FREQ', 'LIKELIHOODS', 'DEFAULT_QUANTILES', 'LIKELIHOOD_SPELLINGS', 'REQUIRED_HYPERPARAMETERS',
-           'HyperparameterError', 'DeepARHyperparameters']
+__all__ = ['SAGEMAKER_FREQ', 'LIKELIHOODS', 'DEFAULT_QUANTILES', 'LIKELIHOOD_SPELLINGS', 'SUPPORTED_FREQUENCIES',
+           'REQUIRED_HYPERPARAMETERS', 'HyperparameterError', 'UnsupportedFrequency', 'deepar_time_freq',
+           'parse_hyperparameter', 'DeepARHyperparameters']
 
 # %% ../../nbs/deepar/01_hyperparameters.ipynb #04a4fbfb
 class HyperparameterError(ValueError):
@@ -103,6 +104,35 @@ def _optional(parse):
         return None if raw is None or (isinstance(raw, str) and raw.strip() == "") else parse(name, raw)
     return parse_optional
 
+# %% ../../nbs/deepar/01_hyperparameters.ipynb #1dabfb3e
+class UnsupportedFrequency(ValueError):
+    "A pandas frequency that SageMaker DeepAR's `time_freq` cannot express; the message lists what it can."
+
+_WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+# pandas unit (and the anchors it takes) -> (DeepAR unit, multiple of that unit)
+_PANDAS_UNITS = {"min": ("min", 1, ()), "T": ("min", 1, ()), "H": ("H", 1, ()), "h": ("H", 1, ()), "D": ("D", 1, ()),
+                 "W": ("W", 1, _WEEKDAYS), "M": ("M", 1, ()), "ME": ("M", 1, ()), "MS": ("M", 1, ()),
+                 "Q": ("M", 3, _MONTHS), "QE": ("M", 3, _MONTHS), "QS": ("M", 3, _MONTHS),
+                 "Y": ("M", 12, _MONTHS), "YE": ("M", 12, _MONTHS), "YS": ("M", 12, _MONTHS),
+                 "A": ("M", 12, _MONTHS), "AS": ("M", 12, _MONTHS)}
+_PANDAS_FREQ = re.compile(r"\s*([1-9]\d*)?([A-Za-z]+)(?:-([A-Za-z]{3}))?\s*")
+SUPPORTED_FREQUENCIES = ("minutes (min, 15min), hours (H or h, 6H), days (D), weeks (W, or anchored: W-MON ... W-SUN), "
+                         "months (M, ME, MS), quarters (Q, QE, QS, QS-JAN ...: DeepAR's 3M) and years (Y, YE, YS: DeepAR's 12M), "
+                         "each with an optional multiple (2W-MON)")
+
+def deepar_time_freq(freq: str) -> str:
+    "DeepAR's `time_freq` for the pandas frequency alias `freq` ('W-MON' → 'W', 'MS' → 'M', 'QS' → '3M', '15min' → '15min')."
+    match = _PANDAS_FREQ.fullmatch(freq) if isinstance(freq, str) else None
+    unit = _PANDAS_UNITS.get(match.group(2)) if match else None
+    anchor = match.group(3).upper() if match and match.group(3) else None
+    if unit is None or (anchor is not None and anchor not in unit[2]):
+        raise UnsupportedFrequency(f"frequency {freq!r} has no SageMaker DeepAR time_freq (DeepAR knows M, W, D, H and min, "
+                                   f"with a multiple). Supported: {SUPPORTED_FREQUENCIES}.")
+    deepar_unit, months, _ = unit
+    multiple = int(match.group(1) or 1) * months
+    return f"{multiple if multiple > 1 else ''}{deepar_unit}"
+
 # %% ../../nbs/deepar/01_hyperparameters.ipynb #4c34e876
 _PARSERS: dict[str, Callable] = {
     "time_freq": _time_freq, "context_length": _positive_int, "prediction_length": _positive_int, "epochs": _positive_int,
@@ -112,6 +142,13 @@ _PARSERS: dict[str, Callable] = {
     "num_eval_samples": _positive_int, "num_layers": _positive_int, "test_quantiles": _test_quantiles,
 }
 REQUIRED_HYPERPARAMETERS = ("time_freq", "context_length", "prediction_length", "epochs")
+_STAND_INS = {"time_freq": "D", "context_length": "1", "prediction_length": "1", "epochs": "1"}  # for values known at run time only
+
+def parse_hyperparameter(name: str, raw):
+    "The value of the one hyperparameter `name` given as `raw`, or `HyperparameterError` stating the rule (and so the allowed range)."
+    if name not in _PARSERS:
+        raise HyperparameterError(name, raw, "is not a DeepAR hyperparameter; valid names are " + ", ".join(sorted(_PARSERS)) + ".")
+    return _PARSERS[name](name, raw)
 
 @dataclass(frozen=True)
 class DeepARHyperparameters:
@@ -138,9 +175,11 @@ class DeepARHyperparameters:
             object.__setattr__(self, f.name, _PARSERS[f.name](f.name, getattr(self, f.name)))
 
     @classmethod
-    def from_strings(cls, hyperparameters: Mapping[str, Any]) -> "DeepARHyperparameters":
-        "Parse SageMaker's map of hyperparameter strings, or raise `HyperparameterError` stating the rule broken."
+    def from_strings(cls, hyperparameters: Mapping[str, Any], computed: tuple[str, ...] = ()) -> "DeepARHyperparameters":
+        """Parse SageMaker's map of hyperparameter strings, or raise `HyperparameterError` stating the rule broken.
+        `computed`: names given as expressions valued at run time (checked then); a valid stand-in checks the others now."""
         given = {k: v for k, v in hyperparameters.items() if not (k.startswith("_") or k.startswith("sagemaker_"))}
+        given.update({name: _STAND_INS[name] for name in computed if name in _STAND_INS and name not in given})
         for name in given:
             if name not in _PARSERS:
                 raise HyperparameterError(name, given[name], "is not a DeepAR hyperparameter; valid names are "

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 
 # %% auto #0
-__all__ = ['PIPELINE_TYPES', 'ParameterError', 'coerce', 'declared_parameters', 'resolve_parameters', 'execution_parameters',
-           'parse_assignments']
+__all__ = ['PIPELINE_TYPES', 'PARAMETER_RULES', 'COLUMN_PARAMETERS', 'PARAMETER_MEANINGS', 'ParameterError', 'coerce',
+           'declared_parameters', 'resolve_parameters', 'execution_parameters', 'parameter_problems',
+           'check_parameters', 'parameter_table', 'parse_assignments']
 
 # %% ../../nbs/definition/03_parameters.ipynb #3b780783
 class ParameterError(ValueError):
@@ -62,8 +63,134 @@ def execution_parameters(definition: dict, overrides: dict, pipeline: str = "the
     declared = declared_parameters(definition)
     if unknown := sorted(set(overrides) - set(declared)):
         raise ParameterError(f"{pipeline} has no parameter {', '.join(unknown)}. Fix: use one of {', '.join(sorted(declared))}.")
-    for name, value in overrides.items(): coerce(name, value, declared[name].get("Type", "String"))
+    values = {name: coerce(name, value, declared[name].get("Type", "String")) for name, value in overrides.items()}
+    if problems := parameter_problems(definition, values):  # ranges too, before the execution starts (defined below)
+        raise ParameterError("; ".join(problems) + f" {pipeline} was not started. Fix: change the -p values named above.")
     return [{"Name": name, "Value": str(value)} for name, value in overrides.items()]
+
+# %% ../../nbs/definition/03_parameters.ipynb #a91f2134
+def _at_least(minimum):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            return f"must be {minimum} or more."
+    return check
+
+def _finite(value):
+    import math
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value): return "must be a finite number."
+
+def _frequency(value):
+    from mlops.deepar.hyperparameters import UnsupportedFrequency, deepar_time_freq
+    if value == "": return None  # inferred from the data by the feature step (and checked there)
+    try: deepar_time_freq(value)
+    except UnsupportedFrequency as e: return f"must be a pandas frequency that DeepAR supports: {str(e).split('Supported: ', 1)[1]}"
+
+def _column(value):
+    if not isinstance(value, str) or not value.strip() or "," in value: return "must be one column name (not empty, no comma)."
+
+def _columns(value):
+    if not isinstance(value, str): return "must be comma-separated column names, or empty for none."
+
+def _one_of(*choices):
+    def check(value):
+        if value not in choices: return f"must be one of {', '.join(choices)}."
+    return check
+
+PARAMETER_RULES = {"TimeFreq": _frequency, "TestWindows": _at_least(1), "ProcessingInstanceCount": _at_least(1),
+                   "QualityThreshold": _finite, "ItemIdColumn": _column, "TimestampColumn": _column, "TargetColumn": _column,
+                   "StaticCatColumns": _columns, "DynamicRealColumns": _columns,
+                   "ModelApprovalStatus": _one_of("Approved", "Rejected", "PendingManualApproval")}
+COLUMN_PARAMETERS = ("ItemIdColumn", "TimestampColumn", "TargetColumn", "StaticCatColumns", "DynamicRealColumns")
+
+def _deepar_hyperparameter_parameters(definition: dict) -> dict[str, str]:
+    "Parameter name → the DeepAR hyperparameter it feeds (a `Get` in a DeepAR training step's HyperParameters)."
+    from mlops.definition.graph import all_steps
+    found = {}
+    for step in all_steps(definition):
+        arguments = step.get("Arguments") or {}
+        if step.get("Type") != "Training" or "forecasting-deepar" not in str(arguments.get("AlgorithmSpecification", {}).get("TrainingImage")) \
+                and "DeepARImageUri" not in str(arguments.get("AlgorithmSpecification", {}).get("TrainingImage")): continue
+        for name, value in (arguments.get("HyperParameters") or {}).items():
+            if isinstance(value, dict) and str(value.get("Get", "")).startswith("Parameters."):
+                found[value["Get"].split(".", 1)[1]] = name
+    return found
+
+def parameter_problems(definition: dict, values: dict) -> list[str]:
+    "What is wrong with the resolved parameter `values` (from `resolve_parameters`), one message per parameter."
+    from mlops.deepar.hyperparameters import HyperparameterError, parse_hyperparameter
+    problems, hyperparameters = [], _deepar_hyperparameter_parameters(definition)
+    for name, value in values.items():
+        if name in hyperparameters:
+            try: parse_hyperparameter(hyperparameters[name], value)
+            except HyperparameterError as e: problems.append(f"parameter {name} = {value!r}: {e.rule}")
+        if name in PARAMETER_RULES and (rule := PARAMETER_RULES[name](value)):
+            problems.append(f"parameter {name} = {value!r}: {rule}")
+    columns = [c.strip() for n in COLUMN_PARAMETERS if isinstance(values.get(n), str) for c in values[n].split(",") if c.strip()]
+    if twice := sorted({c for c in columns if columns.count(c) > 1}):
+        problems.append(f"column {', '.join(map(repr, twice))} is given two roles in {', '.join(n for n in COLUMN_PARAMETERS if n in values)}: "
+                        "each role needs its own column.")
+    return problems
+
+def check_parameters(definition: dict, overrides: dict | None = None) -> dict:
+    "`resolve_parameters`, then every value checked by `parameter_problems`; `ParameterError` listing all problems."
+    values = resolve_parameters(definition, overrides)
+    if problems := parameter_problems(definition, values):
+        raise ParameterError("; ".join(problems) + " Nothing was run." + (" Fix: change the -p values named above." if overrides else ""))
+    return values
+
+# %% ../../nbs/definition/03_parameters.ipynb #239ea9f0
+PARAMETER_MEANINGS = {
+    "InputDataUri": "S3 URI of your data: one CSV or Parquet file in long format (or a prefix holding one); locally set by --data",
+    "ItemIdColumn": "the column that names the series a row belongs to",
+    "TimestampColumn": "the column of timestamps (ISO 8601), regular within each item",
+    "TargetColumn": "the column to forecast; an empty cell is a missing value",
+    "StaticCatColumns": "comma-separated columns with one category per item (store, region); empty: none",
+    "DynamicRealColumns": "comma-separated numeric columns known in advance (price, promotion flag), future rows included; empty: none",
+    "TimeFreq": "the data's frequency as a pandas alias (D, W-MON, MS, h, 15min); DeepAR's time_freq is mapped from it",
+    "PredictionLength": "points forecast per item (DeepAR prediction_length); also the held-out test window",
+    "ContextLength": "points of history the model conditions on (DeepAR context_length)",
+    "Epochs": "passes over the training data (DeepAR epochs)",
+    "EarlyStoppingPatience": "epochs without improvement before training stops (DeepAR early_stopping_patience)",
+    "Cardinality": "values of each static category: auto derives them from the data (DeepAR cardinality)",
+    "NumDynamicFeat": "number of dynamic features: auto derives it from the data (DeepAR num_dynamic_feat)",
+    "Likelihood": "the noise model of the forecast distribution (DeepAR likelihood)",
+    "NumCells": "cells per recurrent layer (DeepAR num_cells)", "NumLayers": "recurrent layers (DeepAR num_layers)",
+    "DropoutRate": "dropout during training (DeepAR dropout_rate)",
+    "EmbeddingDimension": "size of each static category's embedding (DeepAR embedding_dimension)",
+    "LearningRate": "the optimizer's learning rate (DeepAR learning_rate)", "MiniBatchSize": "series per batch (DeepAR mini_batch_size)",
+    "NumEvalSamples": "samples drawn per series to compute the test metrics (DeepAR num_eval_samples)",
+    "TestQuantiles": "quantiles evaluated on the test channel (DeepAR test_quantiles)",
+    "TestWindows": "rolling test windows held out per item, each prediction_length long",
+    "ProcessingInstanceType": "instance type of the processing (step notebook) jobs",
+    "ProcessingInstanceCount": "instances of the feature engineering job",
+    "TrainingInstanceType": "instance type of the DeepAR training job", "TransformInstanceType": "instance type of the batch transform job",
+    "ModelPackageGroupName": "model package group that receives (training) or provides (inference) the model versions",
+    "ModelApprovalStatus": "approval status a newly registered version starts with",
+    "QualityThreshold": "highest test:mean_wQuantileLoss that CheckQuality lets through to registration",
+    "ModelName": "the model that forecasts: a model name, a group (its latest Approved version) or group/version",
+    "ModelPackageArn": "a model package version to forecast with (empty: the group's latest Approved version)",
+    "FeatureStateUri": "the feature state the model was trained with (found from the model when left to the default)",
+}
+
+def _deepar_rule(hyperparameter: str) -> str:
+    "DeepAR's rule for `hyperparameter`, in words (what it says of a value that is nothing)."
+    from mlops.deepar.hyperparameters import HyperparameterError, parse_hyperparameter
+    try: parse_hyperparameter(hyperparameter, "\x00")
+    except HyperparameterError as e: return e.rule.removeprefix("must be ").rstrip(".")
+    return ""
+
+def parameter_table(definition: dict) -> list[dict]:
+    "Every parameter of `definition`: name, type, default, meaning (`PARAMETER_MEANINGS`) and the allowed values it is checked against."
+    hyperparameters = _deepar_hyperparameter_parameters(definition)
+    allowed = {"TimeFreq": "a pandas frequency DeepAR supports (D, W-MON, MS, QS, h, 15min...), or empty: inferred from the data", "TestWindows": "1 or more", "ProcessingInstanceCount": "1 or more",
+               "QualityThreshold": "a finite number", "ModelApprovalStatus": "Approved, Rejected or PendingManualApproval",
+               **{n: "one column name" for n in COLUMN_PARAMETERS[:3]}, **{n: "column names, or empty" for n in COLUMN_PARAMETERS[3:]}}
+    rows = []
+    for name, p in declared_parameters(definition).items():
+        rule = allowed.get(name) or (_deepar_rule(hyperparameters[name]) if name in hyperparameters else "")
+        rows.append({"name": name, "type": p.get("Type", "String"), "default": p.get("DefaultValue"),
+                     "meaning": PARAMETER_MEANINGS.get(name, ""), "allowed": rule})
+    return rows
 
 # %% ../../nbs/definition/03_parameters.ipynb #a31b5447
 def parse_assignments(assignments) -> dict[str, str]:

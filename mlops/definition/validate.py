@@ -71,8 +71,8 @@ SCHEMA_OVERLAY = [
                  "ProcessingS3Output.S3Uri", "Std:Join takes On and Values (the schema's own JoinFunction forbids On)"),
     OverlayEntry("/definitions/StringArgumentValue",
                  {"anyOf": [{"type": "string"}, {"$ref": "#/definitions/GetFunction"}, {"$ref": "#/definitions/JoinFunction"},
-                            {"type": "object", "required": ["Std:JsonGet"], "properties": {"Std:JsonGet": {"type": "object"}},
-                             "additionalProperties": False}]},
+                            {"type": "object", "required": ["Std:JsonGet"], "additionalProperties": False,
+                             "properties": {"Std:JsonGet": {"type": "object"}}}]},  # its form: json_get_problem
                  "ProcessingS3Output.S3Uri",
                  "a string member may be computed: Std:Join and Std:JsonGet evaluate to strings (execution-scoped S3 URIs)"),
     OverlayEntry("/definitions/RetryPolicy/properties/ExceptionType",
@@ -101,6 +101,12 @@ SCHEMA_OVERLAY = [
                  "with Std:JsonGet (https://docs.aws.amazon.com/sagemaker/latest/dg/build-and-manage-propertyfile.html); the schema omits them"),
     OverlayEntry("/definitions/ContainerDefinition/properties/ModelDataUrl", _STRING,
                  "ContainerDefinition.ModelDataUrl", "the model artifact usually comes from a training step (a Get)"),
+    # a processing step declares the JSON files of its outputs that Std:JsonGet reads (SDK: PropertyFile.expr)
+    OverlayEntry("/definitions/ProcessingStep/properties/PropertyFiles",
+                 {"type": "array", "items": {"type": "object", "required": ["PropertyFileName", "OutputName", "FilePath"],
+                                             "additionalProperties": False,
+                                             "properties": {k: {"type": "string"} for k in ("PropertyFileName", "OutputName", "FilePath")}}},
+                 "ProcessingOutput.OutputName", "a processing step's property files (SDK: ProcessingStep(property_files=...))"),
 ]
 
 def _set_pointer(document: dict, pointer: str, value):
@@ -321,7 +327,7 @@ def deepar_errors(definition: dict) -> list[DefinitionError]:
     for pointer, step in [(s.pointer, s.step) for s in located_steps(definition)]:
         arguments = step.get("Arguments")
         if step.get("Type") != "Training" or not isinstance(arguments, dict) or not _is_deepar(arguments): continue
-        given, origin = {}, {}
+        given, origin, computed = {}, {}, []
         for name, value in (arguments.get("HyperParameters") or {}).items():
             where = f"{pointer}/Arguments/HyperParameters{json_pointer([name])}"
             if isinstance(value, dict) and str(value.get("Get", "")).startswith("Parameters."):
@@ -330,10 +336,11 @@ def deepar_errors(definition: dict) -> list[DefinitionError]:
                 index, value = defaults[parameter]
                 where += f" (default of parameter {parameter}, /Parameters/{index}/DefaultValue)"
             elif not isinstance(value, str):
-                continue  # computed at run time
+                computed.append(name)  # computed at run time (time_freq: Std:JsonGet of the feature state)
+                continue
             given[name], origin[name] = value, where
         try:
-            DeepARHyperparameters.from_strings(given)
+            DeepARHyperparameters.from_strings(given, computed=tuple(computed))
         except HyperparameterError as e:
             errors.append(DefinitionError(step.get("Name"), origin.get(e.name, f"{pointer}/Arguments/HyperParameters"), str(e), "deepar"))
     return errors
