@@ -98,8 +98,8 @@ def test_execution_is_an_mlflow_run_with_a_nested_run_per_step(workspace, traine
     assert sorted(steps) == sorted(STEPS)
     train = steps["TrainDeepAR"]
     assert train.data.params["epochs"] == str(EPOCHS)
-    expected = {"train:final_loss": "train_final_loss", "test:RMSE": "test_RMSE",
-                "test:mean_wQuantileLoss": "test_mean_wQuantileLoss", "test:wQuantileLoss[0.1]": "test_wQuantileLoss_0.1"}
+    expected = {"train:final_loss": "train:final_loss", "test:RMSE": "test:RMSE",  # SageMaker's names, where MLflow allows
+                "test:mean_wQuantileLoss": "test:mean_wQuantileLoss", "test:wQuantileLoss[0.1]": "test:wQuantileLoss_0.1"}
     for sagemaker_name, mlflow_name in expected.items():
         assert train.data.metrics[mlflow_name] == pytest.approx(trained.metrics[sagemaker_name])
     assert {a.path for a in client.list_artifacts(train.info.run_id)} >= {"metrics.json", "hyperparameters.json", "model"}
@@ -121,7 +121,7 @@ def test_registry_holds_a_version_pending_manual_approval(trained, client):
     version = versions[0]
     assert version.tags["ModelApprovalStatus"] == "PendingManualApproval"
     assert version.tags["mlops.execution_id"] == trained.id
-    assert float(version.tags["metric.test_RMSE"]) == pytest.approx(trained.metrics["test:RMSE"])
+    assert float(version.tags["metric.test:RMSE"]) == pytest.approx(trained.metrics["test:RMSE"])
     train = nested_runs(client, execution_run(trained.id, trained.home))["TrainDeepAR"]
     assert version.run_id == train.info.run_id  # the source run holds model/model.tar.gz
     assert version.tags["ModelDataUrl"] == trained.outputs["TrainDeepAR"]["model"]
@@ -289,12 +289,12 @@ def test_mlops_ui_shows_what_a_data_scientist_expects_then_frees_its_port(worksp
         steps = {tags(r)["mlops.step"]: r for r in runs if "mlflow.parentRunId" in tags(r)}
         # the execution's run carries the headline metrics and the parameters
         metrics = {m["key"]: m["value"] for m in execution["data"]["metrics"]}
-        assert {"test_RMSE", "test_mean_wQuantileLoss", "train_final_loss", "train_loss"} <= set(metrics), metrics
-        assert metrics["test_RMSE"] == pytest.approx(trained.metrics["test:RMSE"])
+        assert {"test:RMSE", "test:mean_wQuantileLoss", "train:final_loss", "train:loss"} <= set(metrics), metrics
+        assert metrics["test:RMSE"] == pytest.approx(trained.metrics["test:RMSE"])
         assert {p["key"]: p["value"] for p in execution["data"]["params"]}["Epochs"] == str(EPOCHS)
         # the training loss, one point per epoch, on the execution's run and on the training step's
         for run in (execution, steps["TrainDeepAR"]):
-            history = api(port, f"metrics/get-history?run_id={run['info']['run_id']}&metric_key=train_loss")["metrics"]
+            history = api(port, f"metrics/get-history?run_id={run['info']['run_id']}&metric_key=train:loss")["metrics"]
             assert sorted(int(m.get("step", 0)) for m in history) == list(range(1, EPOCHS + 1)), history
         # the executed notebook as HTML, next to the .ipynb
         fe = steps["FeatureEngineering"]["info"]["run_id"]

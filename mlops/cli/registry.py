@@ -41,7 +41,7 @@ def models_list(group: str | None):
         console.print(f"no registered versions{f' of {group}' if group else ''}; a training run (`mlops run`) registers one.",
                       markup=False)
         return
-    shown = ("test_mean_wQuantileLoss", "test_RMSE")
+    shown = ("test:mean_wQuantileLoss", "test:RMSE")
     table = Table("model package group", "version", "status", *shown, "execution", "registered", title_justify="left")
     for r in rows:
         table.add_row(r["group"], str(r["version"]), r["status"],

@@ -80,9 +80,9 @@ def preload(home: str | Path | None = None) -> None:
 
 # %% ../../nbs/tracking/01_store.ipynb #2767b437
 def mlflow_metric_name(name: str) -> str:
-    "The MLflow name of a SageMaker metric name: `test:wQuantileLoss[0.1]` → `test_wQuantileLoss_0.1`."
-    name = name.replace("]", "").replace("[", "_").replace(":", "_")
-    return re.sub(r"[^\w\-./ ]", "_", name)
+    "The MLflow name of a SageMaker metric name: `test:RMSE` stays, `test:wQuantileLoss[0.1]` → `test:wQuantileLoss_0.1`."
+    name = name.replace("]", "").replace("[", "_")
+    return re.sub(r"[^\w\-./ ]" if os.name == "nt" else r"[^\w\-./ :]", "_", name)
 
 # %% ../../nbs/tracking/01_store.ipynb #8e5fbca4
 def ui_command(home: str | Path | None = None, port: int = 5000, host: str = "127.0.0.1") -> list[str]:
