@@ -146,8 +146,7 @@ def _log_step(self: ExecutionTracker, step, history: list[tuple] = ()):
     metrics = [Metric(mlflow_metric_name(k), v, timestamp, 0) for k, v in io.metrics.items()]
     metrics += [Metric(mlflow_metric_name(name), value, _ms(at), epoch) for name, epoch, value, at in history]
     c.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in io.params.items()])
-    for start in range(0, len(metrics), 1000):  # the headline on the execution's run (log_batch takes 1000 metrics at most)
-        c.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+    c.log_batch(self.run_id, metrics=metrics)  # the headline on the execution's run (the client sends big batches in parts)
     if step.status == "Succeeded":
         for output, uri in io.artifacts.items():
             path = self.local_path(uri)
