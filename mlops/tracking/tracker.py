@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..deepar.metrics import epoch_metric
-from ..files import git_state, sha256
+from ..files import atomic_write, git_state, sha256
 from . import ModelNotFound, TrackingError
 from .registry import (APPROVAL_STATUSES, APPROVAL_TAG, ARN_PREFIX, EXECUTION_TAG, STATUS_TAG, STATUS_WORDS, STEP_TAG,
                                      resolve_model_package, sync_approved_alias)
@@ -154,7 +154,7 @@ def _log_step(self: ExecutionTracker, step, history: list[tuple] = ()):
             elif path.is_file(): c.log_artifact(run_id, str(path), output)
             for notebook in sorted(path.rglob("*.ipynb") if path.is_dir() else [path] if path.suffix == ".ipynb" else []):
                 where = notebook.relative_to(path).with_suffix(".html").as_posix() if path.is_dir() else notebook.with_suffix(".html").name
-                c.log_text(run_id, notebook_html(notebook), f"{output}/{where}")
+                c.log_text(run_id, _html_once(self.home, notebook), f"{output}/{where}")
         if io.metrics:
             c.log_dict(run_id, io.metrics, "metrics.json")
             c.log_dict(run_id, io.params, "hyperparameters.json")
@@ -172,6 +172,14 @@ def notebook_html(path: str | Path) -> str:
     from nbconvert import HTMLExporter
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(path), as_version=4))
     return body
+
+def _html_once(home: Path, notebook: Path) -> str:
+    "`notebook_html`, converted once per notebook content (a cached step logs its notebook again: no second conversion)."
+    kept = home / "tracking" / "html" / f"{sha256(notebook)}.html"
+    if kept.is_file(): return kept.read_text(encoding="utf-8")
+    html = notebook_html(notebook)
+    atomic_write(kept, html)
+    return html
 
 # %% ../../nbs/tracking/03_tracker.ipynb #c38968d0
 def register(self: ExecutionTracker, group: str, image: str, model_data_url: str, approval_status: str, metrics: list[dict],
