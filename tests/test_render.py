@@ -411,14 +411,39 @@ def test_check_detects_a_changed_default_in_the_code(tmp_path):
 
 def test_dag_draws_both_pipelines_from_the_templates():
     result = subprocess.run([*MLOPS, "dag", "--templates", TEMPLATES], capture_output=True, text=True)
-    assert result.returncode == 0
-    assert "CheckQuality -->|false| QualityTooLow" in result.stdout and "BatchTransform --> ForecastReport" in result.stdout
-    one = subprocess.run([*MLOPS, "dag", "--pipeline", "deepar-inference", "--templates", TEMPLATES],
-                         capture_output=True, text=True)
-    assert "title: DeepARBatchInference" in one.stdout and "DeepARTraining" not in one.stdout
-    unknown = subprocess.run([*MLOPS, "dag", "--pipeline", "nope", "--templates", TEMPLATES],
-                             capture_output=True, text=True)
-    assert unknown.returncode == 1 and "choose one of" in unknown.stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("DeepARTraining\n└── FeatureEngineering (Processing)\n"), result.stdout
+    assert "└── if false: QualityTooLow (Fail)" in result.stdout and "DeepARBatchInference\n└── PrepareInference" in result.stdout
+    mermaid = subprocess.run([*MLOPS, "dag", "--format", "mermaid", "--templates", TEMPLATES], capture_output=True, text=True)
+    assert "CheckQuality -->|false| QualityTooLow" in mermaid.stdout and "BatchTransform --> ForecastReport" in mermaid.stdout
+    ones = {name: subprocess.run([*MLOPS, "dag", "--pipeline", name, "--format", "mermaid", "--templates", TEMPLATES],
+                                 capture_output=True, text=True).stdout
+            for name in ("inference", "DeepARBatchInference", "deepar-inference")}
+    assert len(set(ones.values())) == 1, ones
+    assert "title: DeepARBatchInference" in ones["inference"] and "DeepARTraining" not in ones["inference"]
+    unknown = subprocess.run([*MLOPS, "dag", "--pipeline", "nope", "--templates", TEMPLATES], capture_output=True, text=True)
+    assert unknown.returncode == 2
+    assert "no pipeline 'nope'; choose training (DeepARTraining) or inference (DeepARBatchInference)" in unknown.stderr
+
+
+def test_dag_writes_a_valid_svg_and_png(tmp_path):
+    import xml.etree.ElementTree as ET
+    from mlops.definition.graph import all_steps
+    svg = tmp_path / "training.svg"
+    result = subprocess.run([*MLOPS, "dag", "--pipeline", "training", "--format", "svg", "-o", svg, "--templates", TEMPLATES],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    root = ET.parse(svg).getroot()  # well-formed XML, an SVG document
+    assert root.tag == "{http://www.w3.org/2000/svg}svg" and float(root.get("width").removesuffix("pt")) > 100
+    texts = {"".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")}
+    steps = {s["Name"] for s in all_steps(json.loads((TEMPLATES / TEMPLATE_FILES["DeepARTraining"]).read_text()))}
+    assert steps <= texts and {"true", "false"} <= texts, texts
+    piped = subprocess.run([*MLOPS, "dag", "--pipeline", "inference", "--format", "svg", "--templates", TEMPLATES],
+                           capture_output=True, text=True)
+    assert ET.fromstring(piped.stdout.encode()).tag == "{http://www.w3.org/2000/svg}svg"
+    png = tmp_path / "inference.png"
+    assert subprocess.run([*MLOPS, "dag", "--pipeline", "inference", "--format", "png", "-o", png, "--templates", TEMPLATES]).returncode == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_non_string_parameter_in_container_arguments_is_refused_as_createpipeline_does():

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_mlops
+from conftest import MLOPS, TINY, run_mlops
 from mlops.data.demo import demo_data
 from mlops.engine.execution import Execution
 from mlops.engine.records import Records
 from mlops.tracking.lineage import execution_run
 
 GROUP = "deepar-forecast"
+EPOCHS = 3  # a loss curve of three points
+TRAIN = [f"Epochs={EPOCHS}" if arg == "Epochs=1" else arg for arg in TINY]
 STEPS = ["FeatureEngineering", "TrainDeepAR", "CheckQuality", "RegisterModel", "CreateModel"]
 
 
@@ -58,9 +60,18 @@ def client(workspace, trained):
 
 @pytest.fixture(scope="module")
 def trained(workspace) -> Execution:
-    result = mlops(workspace, "run", "--data", workspace["root"] / "train.csv", *TINY)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"registered model: arn:aws:sagemaker:local:000000000000:model-package/{GROUP}/1" in " ".join(result.stdout.split())
+    """A training run, its output piped as in CI: each line read as it comes, with whether the command was still running then
+    (workspace["stream"])."""
+    command = [*MLOPS, "run", "--data", str(workspace["root"] / "train.csv"), *TRAIN]
+    with open(workspace["root"] / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(command, cwd=workspace["root"], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   env={**os.environ, "COLUMNS": "200", **workspace["env"]})
+        stream = [(line.rstrip("\n"), process.poll() is None) for line in process.stdout]
+        process.wait(timeout=600)
+    output = "\n".join(line for line, _ in stream)
+    assert process.returncode == 0, output + (workspace["root"] / "stderr.txt").read_text()
+    assert f"registered model: arn:aws:sagemaker:local:000000000000:model-package/{GROUP}/1" in " ".join(output.split())
+    workspace["stream"] = stream
     return latest(workspace)
 
 
@@ -72,7 +83,7 @@ def nested_runs(client, run) -> dict:
 def test_execution_is_an_mlflow_run_with_a_nested_run_per_step(workspace, trained, client):
     run = execution_run(trained.id, trained.home)
     assert run.info.run_name == trained.id and run.info.status == "FINISHED"
-    assert run.data.params["Epochs"] == "1" and run.data.params["QualityThreshold"] == "10.0"
+    assert run.data.params["Epochs"] == str(EPOCHS) and run.data.params["QualityThreshold"] == "10.0"
     tags = run.data.tags
     import mlops
     assert tags["mlops.version"] == mlops.__version__
@@ -86,9 +97,9 @@ def test_execution_is_an_mlflow_run_with_a_nested_run_per_step(workspace, traine
     steps = nested_runs(client, run)
     assert sorted(steps) == sorted(STEPS)
     train = steps["TrainDeepAR"]
-    assert train.data.params["epochs"] == "1"
-    expected = {"train:final_loss": "train_final_loss", "test:RMSE": "test_RMSE",
-                "test:mean_wQuantileLoss": "test_mean_wQuantileLoss", "test:wQuantileLoss[0.1]": "test_wQuantileLoss_0.1"}
+    assert train.data.params["epochs"] == str(EPOCHS)
+    expected = {"train:final_loss": "train:final_loss", "test:RMSE": "test:RMSE",  # SageMaker's names, where MLflow allows
+                "test:mean_wQuantileLoss": "test:mean_wQuantileLoss", "test:wQuantileLoss[0.1]": "test:wQuantileLoss_0.1"}
     for sagemaker_name, mlflow_name in expected.items():
         assert train.data.metrics[mlflow_name] == pytest.approx(trained.metrics[sagemaker_name])
     assert {a.path for a in client.list_artifacts(train.info.run_id)} >= {"metrics.json", "hyperparameters.json", "model"}
@@ -110,7 +121,7 @@ def test_registry_holds_a_version_pending_manual_approval(trained, client):
     version = versions[0]
     assert version.tags["ModelApprovalStatus"] == "PendingManualApproval"
     assert version.tags["mlops.execution_id"] == trained.id
-    assert float(version.tags["metric.test_RMSE"]) == pytest.approx(trained.metrics["test:RMSE"])
+    assert float(version.tags["metric.test:RMSE"]) == pytest.approx(trained.metrics["test:RMSE"])
     train = nested_runs(client, execution_run(trained.id, trained.home))["TrainDeepAR"]
     assert version.run_id == train.info.run_id  # the source run holds model/model.tar.gz
     assert version.tags["ModelDataUrl"] == trained.outputs["TrainDeepAR"]["model"]
@@ -131,8 +142,9 @@ def test_after_approval_the_inference_pipeline_picks_the_version(workspace, trai
     approved = mlops(workspace, "models", "approve", GROUP, "1")
     assert approved.returncode == 0, approved.stderr
     assert f"{GROUP}/1: PendingManualApproval → Approved" in approved.stdout
-    assert f"default model: {GROUP}/1" in approved.stdout
+    assert f"the inference pipeline now uses {GROUP}/1: the latest Approved version" in " ".join(approved.stdout.split())
     assert client.get_model_version(GROUP, "1").tags["ModelApprovalStatus"] == "Approved"
+    assert client.get_model_version_by_alias(GROUP, "approved").version in (1, "1")
     missing = mlops(workspace, "models", "approve", GROUP, "9")
     assert missing.returncode == 2 and "has no version 9" in missing.stderr
     assert [(v["version"], v["status"]) for v in model_versions(GROUP, workspace["home"])] == [(1, "Approved")]
@@ -158,7 +170,7 @@ def test_lineage_holds_the_input_file_sha256(workspace, trained):
     assert graph["execution"]["id"] == trained.id
     assert [s["step"] for s in graph["steps"]] == ["TrainDeepAR", "FeatureEngineering"]
     assert graph["steps"][1]["inputs"]["data"]["sha256"] == digest
-    assert graph["steps"][0]["params"]["epochs"] == "1"
+    assert graph["steps"][0]["params"]["epochs"] == str(EPOCHS)
     console = Console(record=True, width=400)
     console.print(lineage_tree(graph))
     text = console.export_text()
@@ -181,7 +193,7 @@ def test_lineage_holds_the_input_file_sha256(workspace, trained):
 def test_changed_data_makes_a_new_version_whose_lineage_differs_there(workspace, trained):
     from mlops.tracking.lineage import lineage
     from mlops.tracking.registry import reject, resolve_model_package
-    result = mlops(workspace, "run", "--data", workspace["root"] / "changed.csv", *TINY)
+    result = mlops(workspace, "run", "--data", workspace["root"] / "changed.csv", *TRAIN)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"model-package/{GROUP}/2" in result.stdout
     first, second = lineage(f"{GROUP}/1", workspace["home"]), lineage(f"{GROUP}/2", workspace["home"])
@@ -211,24 +223,101 @@ def test_a_tracking_failure_fails_the_run_clearly_and_keeps_the_records(workspac
     assert execution.status == "Failed" and execution.step("TrainDeepAR").status == "Succeeded"
 
 
-def test_ui_serves_the_store_on_loopback(workspace, trained):
-    from mlops.tracking.store import ui_command
+def test_a_piped_run_prints_each_step_and_epochs_as_they_happen(workspace, trained):
+    lines = [line for line, _ in workspace["stream"]]
+    running = dict(workspace["stream"])  # line -> the command was still running when it was read
+    for step in ("FeatureEngineering", "TrainDeepAR"):
+        assert running[f"{step}: Executing"], step
+        assert any(line.startswith(f"{step}: Succeeded ") and running[line] for line in lines), lines
+    epochs = [line for line in lines if line.startswith("TrainDeepAR: epoch ")]
+    assert [line.split(":")[1].strip() for line in epochs] == [f"epoch 1/{EPOCHS}", f"epoch {EPOCHS}/{EPOCHS}"], lines
+    assert all(running[line] for line in epochs)
+    check = next(i for i, line in enumerate(lines) if line.startswith("CheckQuality: "))
+    assert lines.index("FeatureEngineering: Executing") < lines.index(epochs[0]) < check
+    assert not any(set(line) & set("│┃━─┏┗╭╰") for line in lines), "box drawing in piped output"
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = ui_command(workspace["home"], port)
-    assert command[command.index("--host") + 1] == "127.0.0.1"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on `port`: a connection is refused and a server could bind it (with SO_REUSEADDR, as servers do:
+    the connections the test made may linger in TIME_WAIT)."""
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0: return False
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            return True
+        except OSError:
+            return False
+
+
+def api(port: int, path: str, body: dict | None = None) -> dict:
+    "A call of MLflow's REST API (GET, or POST with a JSON body)."
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/{path}",
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_mlops_ui_shows_what_a_data_scientist_expects_then_frees_its_port(workspace, trained):
+    import psutil
+    assert mlops(workspace, "models", "approve", GROUP, "1").returncode == 0  # (again: this test may run alone)
+    port = free_port()
+    ui = subprocess.Popen([*MLOPS, "ui", "--port", str(port)], cwd=workspace["root"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env={**os.environ, **workspace["env"]})
     try:
-        deadline, status = time.time() + 90, None
-        while time.time() < deadline and status is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10", timeout=5) as r:
-                    status, body = r.status, json.loads(r.read())
-            except OSError:
-                time.sleep(0.5)
-        assert status == 200
-        assert "DeepARTraining" in {e["name"] for e in body["experiments"]}
+        deadline, experiment = time.time() + 120, None
+        while experiment is None and time.time() < deadline and ui.poll() is None:
+            try: experiment = api(port, "experiments/get-by-name?experiment_name=DeepARTraining")["experiment"]
+            except OSError: time.sleep(0.5)
+        assert experiment is not None, "the MLflow UI did not answer"
+        # the experiment opens on its runs: a model-training experiment, not a GenAI one
+        assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+
+        runs = api(port, "runs/search", {"experiment_ids": [experiment["experiment_id"]],
+                                          "filter": f"tags.`mlops.execution_id` = '{trained.id}'", "max_results": 100})["runs"]
+        tags = lambda r: {t["key"]: t["value"] for t in r["data"].get("tags", [])}
+        execution = next(r for r in runs if "mlflow.parentRunId" not in tags(r))
+        steps = {tags(r)["mlops.step"]: r for r in runs if "mlflow.parentRunId" in tags(r)}
+        # the execution's run carries the headline metrics and the parameters
+        metrics = {m["key"]: m["value"] for m in execution["data"]["metrics"]}
+        assert {"test:RMSE", "test:mean_wQuantileLoss", "train:final_loss", "train:loss"} <= set(metrics), metrics
+        assert metrics["test:RMSE"] == pytest.approx(trained.metrics["test:RMSE"])
+        assert {p["key"]: p["value"] for p in execution["data"]["params"]}["Epochs"] == str(EPOCHS)
+        # the training loss, one point per epoch, on the execution's run and on the training step's
+        for run in (execution, steps["TrainDeepAR"]):
+            history = api(port, f"metrics/get-history?run_id={run['info']['run_id']}&metric_key=train:loss")["metrics"]
+            assert sorted(int(m.get("step", 0)) for m in history) == list(range(1, EPOCHS + 1)), history
+        # the executed notebook as HTML, next to the .ipynb
+        fe = steps["FeatureEngineering"]["info"]["run_id"]
+        files = {f["path"] for f in api(port, f"artifacts/list?run_id={fe}&path=report")["files"]}
+        assert {"report/feature_engineering.ipynb", "report/feature_engineering.html"} <= files, files
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/get-artifact?path=report/feature_engineering.html&run_uuid={fe}",
+                                    timeout=10) as page:
+            assert b"<html" in page.read(2000).lower()
+        # the model: a logged model of the training step (the runs' Models column), the version linked to that run,
+        # its approval status readable, the alias on the latest Approved version
+        outputs = api(port, f"runs/get?run_id={execution['info']['run_id']}")["run"].get("outputs", {}).get("model_outputs", [])
+        assert len(outputs) == 1, outputs
+        version = api(port, f"registered-models/alias?name={GROUP}&alias=approved")["model_version"]
+        assert version["version"] == "1" and version["run_id"] == steps["TrainDeepAR"]["info"]["run_id"]
+        assert version["source"] == f"models:/{outputs[0]['model_id']}"
+        assert {t["key"]: t["value"] for t in version["tags"]}["approval"] == "approved"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        ui.send_signal(signal.SIGTERM)  # the command only: it ends the server's process group itself
+        ui.wait(timeout=60)
+    assert ui.returncode == 0
+    deadline = time.time() + 15
+    while not port_is_free(port) and time.time() < deadline: time.sleep(0.2)
+    assert port_is_free(port), f"port {port} still served after `mlops ui` ended"
+    left = [p.info for p in psutil.process_iter(["pid", "cmdline"]) if "mlflow" in " ".join(p.info["cmdline"] or [])
+            and str(port) in (p.info["cmdline"] or [])]
+    assert not left, left

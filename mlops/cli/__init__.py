@@ -16,7 +16,8 @@ from .. import __version__
 from ..definition.parameters import ParameterError, parse_assignments
 
 # %% auto #0
-__all__ = ['console', 'err_console', 'StreamConsole', 'fail', 'main', 'assignments', 'format_time']
+__all__ = ['console', 'err_console', 'PIPELINE_NAMES', 'PIPELINE_HELP', 'PIPELINE', 'StreamConsole', 'fail', 'main',
+           'assignments', 'PipelineName', 'sagemaker_name', 'format_time']
 
 # %% ../../nbs/cli/00_cli.ipynb #fa10e66d
 class StreamConsole:
@@ -67,6 +68,33 @@ def assignments(pairs) -> dict[str, str]:
     except ParameterError as e:
         fail(escape(str(e)), 2)
 
+# %% ../../nbs/cli/00_cli.ipynb #2cac43cd
+PIPELINE_NAMES = {"training": "DeepARTraining", "inference": "DeepARBatchInference"}  # short name -> SageMaker name
+PIPELINE_HELP = "training (DeepARTraining) or inference (DeepARBatchInference)"
+
+class PipelineName(click.ParamType):
+    "A pipeline by any of its names; the value is its short name (`sagemaker_name` gives the other)."
+    name = "pipeline"
+
+    def get_metavar(self, *args, **kwargs) -> str: return "[training|inference]"
+
+    def convert(self, value, param, ctx):
+        for short, long in PIPELINE_NAMES.items():
+            if str(value).lower() in (short, long.lower(), f"deepar-{short}"): return short
+        self.fail(f"no pipeline {value!r}; choose {PIPELINE_HELP}.", param, ctx)
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+        return [CompletionItem(n) for pair in PIPELINE_NAMES.items() for n in pair if n.lower().startswith(incomplete.lower())]
+
+PIPELINE = PipelineName()
+
+def sagemaker_name(pipeline: str) -> str:
+    "The SageMaker name of this project's pipeline given by any of its names; another name unchanged (a pipeline deployed otherwise)."
+    for short, long in PIPELINE_NAMES.items():
+        if pipeline.lower() in (short, long.lower(), f"deepar-{short}"): return long
+    return pipeline
+
 # %% ../../nbs/cli/00_cli.ipynb #af2061fb
 def format_time(ts: float | None) -> str:
     "A Unix time as local 'YYYY-mm-dd HH:MM:SS', '' for none."
@@ -74,4 +102,4 @@ def format_time(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
 
 # %% ../../nbs/cli/00_cli.ipynb #1e62837d
-from . import deploy, events, local, registry  # noqa: E402,F401  the commands register on main
+from . import dag, deploy, events, local, registry  # noqa: E402,F401  the commands register on main

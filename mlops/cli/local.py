@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from . import assignments, console, err_console, fail, format_time, main
+from . import PIPELINE, PIPELINE_HELP, assignments, console, err_console, fail, format_time, main
 from ..config import FORECAST, mlops_home
 
 # %% auto #0
@@ -122,9 +122,9 @@ def features(input_path, output_dir, mode, state, **options):
 
 # %% ../../nbs/cli/01_local.ipynb #bf3972bd
 class ProgressView:
-    "Live view of a running execution: a table of steps in a terminal, one line per change elsewhere."
-    def __init__(self, console):
-        self.console, self.steps, self.notes, self.live = console, {}, {}, None
+    "Live view of a running execution: a table of steps in a terminal; elsewhere one line per change, and per `every` epochs."
+    def __init__(self, console, every: int = 10):
+        self.console, self.steps, self.notes, self.live, self.every = console, {}, {}, None, every
 
     def __enter__(self):
         if self.console.is_terminal:
@@ -144,6 +144,8 @@ class ProgressView:
         if event.step is None: return
         if event.kind == "step-log":
             self.notes[event.step.name] = event.line[:80]
+            if not self.live and self._epoch_worth_a_line(event.line):
+                self.console.print(f"{event.step.name}: {event.line.strip()}", markup=False, soft_wrap=True)
         else:
             step = event.step
             changed = self.steps.get(step.name, (None,))[0] != step.status
@@ -153,6 +155,12 @@ class ProgressView:
                 timing = f" {step.elapsed:.1f} s" if step.ended and step.started else ""
                 self.console.print(f"{step.name}: {step.status}{timing}{extra}")
         if self.live: self.live.update(self._table())
+
+    def _epoch_worth_a_line(self, line: str) -> bool:
+        "Whether a log line is a training epoch's to print: the first, every `every`-th and the last."
+        from mlops.deepar.metrics import epoch_metric
+        point = epoch_metric(line or "")
+        return point is not None and (point["epoch"] in (1, point["epochs"]) or point["epoch"] % self.every == 0)
 
     def _table(self):
         import time
@@ -168,8 +176,8 @@ class ProgressView:
 def show_execution_summary(execution):
     "Metrics, each step's one line (the quality gate, the registered model), where the outputs and the reports are."
     console.print(execution)
-    if metrics := execution.metrics:
-        table = Table(title="metrics", show_header=False, title_justify="left")
+    if metrics := execution.metrics:  # boxes in a terminal, plain columns in a pipe or a log
+        table = Table(title="metrics", show_header=False, title_justify="left", **({} if console.is_terminal else {"box": None}))
         for name, value in metrics.items(): table.add_row(name, f"{value:.4f}")
         console.print(table)
     for step in execution.steps:  # each step's one line, as its executor declares it
@@ -204,7 +212,7 @@ def checked_definition(path: Path) -> dict:
 
 # %% ../../nbs/cli/01_local.ipynb #49a7eda0
 @main.command()
-@click.option("--pipeline", type=click.Choice(["training", "inference"]), default="training", show_default=True)
+@click.option("--pipeline", type=PIPELINE, default="training", show_default=True, help=PIPELINE_HELP)
 @click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE", help="pipeline parameter (repeatable)")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), help="input CSV/Parquet; default: the demo data")
 @click.option("--definition", type=click.Path(dir_okay=False, path_type=Path), help="run this definition JSON instead (already filled)")

@@ -13,7 +13,7 @@ from rich.table import Table
 from . import console, fail, format_time, main
 
 # %% auto #0
-__all__ = ['models_approve', 'models_reject', 'models', 'models_list', 'lineage', 'ui']
+__all__ = ['models_approve', 'models_reject', 'models', 'models_list', 'approval_message', 'lineage', 'ui']
 
 # %% ../../nbs/cli/02_registry.ipynb #d607e29c
 @main.group()
@@ -41,7 +41,7 @@ def models_list(group: str | None):
         console.print(f"no registered versions{f' of {group}' if group else ''}; a training run (`mlops run`) registers one.",
                       markup=False)
         return
-    shown = ("test_mean_wQuantileLoss", "test_RMSE")
+    shown = ("test:mean_wQuantileLoss", "test:RMSE")
     table = Table("model package group", "version", "status", *shown, "execution", "registered", title_justify="left")
     for r in rows:
         table.add_row(r["group"], str(r["version"]), r["status"],
@@ -50,24 +50,29 @@ def models_list(group: str | None):
     console.print(table)
 
 # %% ../../nbs/cli/02_registry.ipynb #6b00f973
+def approval_message(group: str, version: int, approved_version: int | None) -> str:
+    "What an approval or rejection means for the inference pipeline, which uses the latest Approved version of the group."
+    if approved_version is None:
+        return f"{group} has no Approved version now: the inference pipeline cannot run until one is approved."
+    if approved_version == version:
+        return (f"the inference pipeline now uses {group}/{version}: the latest Approved version of {group} "
+                f"(alias @approved, models:/{group}@approved).")
+    return f"the inference pipeline uses {group}/{approved_version}, the latest Approved version of {group}, not {group}/{version}."
+
 def _approval_command(name: str, status: str, help: str):
     "`mlops models NAME GROUP VERSION`: set the version's ModelApprovalStatus and say which version inference now uses."
     @models.command(name, help=help)
     @click.argument("group")
     @click.argument("version", type=int)
     def command(group: str, version: int):
-        from mlops.tracking.registry import resolve_model_package, set_approval
+        from mlops.tracking.registry import set_approval
         row = _registry_call(set_approval, group, version, status)
         console.print(f"{group}/{version}: {row['previous_status']} → {row['status']}", markup=False)
-        try:
-            default = resolve_model_package(group)
-            console.print(f"the inference pipeline's default model: {group}/{default['version']}", markup=False)
-        except LookupError:
-            console.print(f"{group} has no Approved version: the inference pipeline needs one (or -p ModelName=...).", markup=False)
+        console.print(approval_message(group, version, row["approved_version"]), markup=False, soft_wrap=True)
     return command
 
-models_approve = _approval_command("approve", "Approved",
-                                   "Approve GROUP's VERSION: it becomes the inference pipeline's default model if it is the latest approved.")
+models_approve = _approval_command("approve", "Approved", "Approve GROUP's VERSION; the inference pipeline uses the group's latest "
+                                   "Approved version (alias @approved), which this one is unless a later version is approved.")
 models_reject = _approval_command("reject", "Rejected", "Reject GROUP's VERSION: the inference pipeline no longer picks it.")
 
 # %% ../../nbs/cli/02_registry.ipynb #3e80c8e6

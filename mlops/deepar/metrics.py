@@ -14,7 +14,8 @@ import numpy as np
 from ..files import atomic_write
 
 # %% auto #0
-__all__ = ['quantile_label', 'forecast_metrics', 'metric_list', 'write_metrics']
+__all__ = ['EPOCH_LOSS', 'METRIC_DEFINITIONS', 'quantile_label', 'forecast_metrics', 'metric_list', 'write_metrics',
+           'epoch_metric']
 
 # %% ../../nbs/deepar/03_metrics.ipynb #5f6f429e
 def quantile_label(q: float) -> str:
@@ -48,3 +49,15 @@ def metric_list(metrics: Mapping[str, float]) -> list[dict]:
 def write_metrics(output_dir: str | Path, metrics: Mapping[str, float]) -> Path:
     "Write `output_dir/metrics.json` (FinalMetricDataList shape), atomically."
     return atomic_write(Path(output_dir) / "metrics.json", json.dumps(metric_list(metrics), indent=2) + "\n")
+
+# %% ../../nbs/deepar/03_metrics.ipynb #a133c7f5
+EPOCH_LOSS = "train:loss"
+METRIC_DEFINITIONS = [{"Name": EPOCH_LOSS, "Regex": r"^epoch (\d+)/(\d+): train loss ([-+0-9.eE]+|nan|inf)"}]
+
+def epoch_metric(line: str) -> dict | None:
+    "The metric a DeepAR log line reports, `{'name', 'epoch', 'epochs', 'value'}`, or None."
+    import re
+    for definition in METRIC_DEFINITIONS:
+        if found := re.match(definition["Regex"], line.strip()):
+            return {"name": definition["Name"], "epoch": int(found[1]), "epochs": int(found[2]), "value": float(found[3])}
+    return None

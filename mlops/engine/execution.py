@@ -105,20 +105,31 @@ class Execution:
         "The executed step notebooks (the reports) of this execution."
         return sorted(self.folder.glob("*/output/report/*.ipynb"))
 
-    def __rich__(self):
+    def __rich_console__(self, console, options):  # a table: with boxes in a terminal or notebook, plain columns in a pipe or a log
         from rich.table import Table
-        table = Table(title=f"{self.pipeline} {self.id}: {self.status}", title_justify="left")
+        plain = not (console.is_terminal or console.is_jupyter)
+        table = Table(title=f"{self.pipeline} {self.id}: {self.status}", title_justify="left", **({"box": None} if plain else {}))
         for column in ["step", "type", "status", "time", "note"]: table.add_column(column)
         for s in self.steps:
             table.add_row(s.name, s.type, s.status, f"{s.elapsed:.1f} s" if s.elapsed is not None else "", _note(s))
-        return table
+        yield table
+
+    def picture(self):
+        "The pipeline's graph with each step's status (`mlops.definition.picture.PipelinePicture`), None without its definition."
+        from mlops.definition.picture import PipelinePicture
+        path = self.folder / "definition.json"
+        if not path.is_file(): return None
+        return PipelinePicture(json.loads(path.read_text()), f"{self.pipeline} {self.id}", {s.name: s.status for s in self.steps})
 
     def _repr_html_(self):
         from html import escape
         rows = "".join(f"<tr><td>{s.name}</td><td>{s.type}</td><td>{s.status}</td><td>{(s.elapsed or 0):.1f} s</td>"
                        f"<td>{escape(_note(s))}</td></tr>" for s in self.steps)
+        picture = self.picture()
+        drawing = picture._repr_svg_() if picture else ""
+        drawing = drawing[drawing.find("<svg"):] if drawing else ""  # inline: without the XML prolog
         return (f"<b>{self.pipeline} {self.id}: {self.status}</b><table><tr><th>step</th><th>type</th><th>status</th>"
-                f"<th>time</th><th>note</th></tr>{rows}</table>")
+                f"<th>time</th><th>note</th></tr>{rows}</table>{drawing}")
 
 def _note(step: StepResult) -> str:
     return step.failure_reason or (f"from {step.cached_from}" if step.cached_from else "")

@@ -11,8 +11,9 @@ from . import ModelNotFound
 from .store import client
 
 # %% auto #0
-__all__ = ['EXECUTION_TAG', 'STEP_TAG', 'APPROVAL_TAG', 'APPROVAL_STATUSES', 'ARN_PREFIX', 'parse_model_package',
-           'model_versions', 'set_approval', 'approve', 'reject', 'resolve_model_package']
+__all__ = ['EXECUTION_TAG', 'STEP_TAG', 'APPROVAL_TAG', 'APPROVAL_STATUSES', 'ARN_PREFIX', 'APPROVED_ALIAS', 'STATUS_TAG',
+           'STATUS_WORDS', 'parse_model_package', 'model_versions', 'set_approval', 'sync_approved_alias', 'approve',
+           'reject', 'resolve_model_package']
 
 # %% ../../nbs/tracking/02_registry.ipynb #fec9793b
 EXECUTION_TAG = "mlops.execution_id"
@@ -20,6 +21,9 @@ STEP_TAG = "mlops.step"  # with EXECUTION_TAG: which step of which execution cre
 APPROVAL_TAG = "ModelApprovalStatus"
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 ARN_PREFIX = "arn:aws:sagemaker:local:000000000000:model-package/"
+APPROVED_ALIAS = "approved"  # on the latest Approved version of a group: what the inference pipeline uses
+STATUS_TAG = "approval"  # the status in a word, as MLflow's UI shows a version's tags (the SageMaker value is long)
+STATUS_WORDS = {"Approved": "approved", "Rejected": "rejected", "PendingManualApproval": "pending"}
 
 # %% ../../nbs/tracking/02_registry.ipynb #33c025c3
 def parse_model_package(reference: str) -> tuple[str, str | None]:
@@ -51,11 +55,27 @@ def set_approval(group: str, version: int | str, status: str, home: str | Path |
                                          "or pick a group from `mlops models list`.")
     if int(version) not in versions:
         raise ModelNotFound(f"model {group!r} has no version {version}; its versions: {', '.join(map(str, versions))}.")
-    client(home).set_model_version_tag(group, str(version), APPROVAL_TAG, status)
-    return {**versions[int(version)], "previous_status": versions[int(version)]["status"], "status": status}
+    c = client(home)
+    c.set_model_version_tag(group, str(version), APPROVAL_TAG, status)
+    c.set_model_version_tag(group, str(version), STATUS_TAG, STATUS_WORDS[status])
+    versions[int(version)]["status"], previous = status, versions[int(version)]["status"]
+    approved = sync_approved_alias(group, home, list(versions.values()))
+    return {**versions[int(version)], "previous_status": previous, "status": status, "approved_version": approved}
+
+def sync_approved_alias(group: str, home: str | Path | None = None, versions: list[dict] | None = None) -> int | None:
+    "Put the alias `approved` on the latest Approved version of `group` (remove it when there is none); that version."
+    c = client(home)
+    versions = model_versions(group, home) if versions is None else versions
+    approved = max((v["version"] for v in versions if v["status"] == "Approved"), default=None)
+    if approved is None:
+        try: c.delete_registered_model_alias(group, APPROVED_ALIAS)
+        except Exception: pass  # there was none
+    else:
+        c.set_registered_model_alias(group, APPROVED_ALIAS, str(approved))
+    return approved
 
 def approve(group: str, version: int | str, home: str | Path | None = None) -> dict:
-    "Approve a version: the inference pipeline's default model becomes the latest Approved version."
+    "Approve a version; the alias `approved` (the inference pipeline's model) moves to the latest Approved version."
     return set_approval(group, version, "Approved", home)
 
 def reject(group: str, version: int | str, home: str | Path | None = None) -> dict:
@@ -74,7 +94,13 @@ def resolve_model_package(reference: str, home: str | Path | None = None) -> dic
         if not found: raise ModelNotFound(f"model package group {group!r} has no version {version}; "
                                           f"its versions: {', '.join(str(v['version']) for v in versions)}.")
         return found[0]
+    try:  # the alias names the latest Approved version; a version approved before aliases existed is found by its tag
+        aliased = int(client(home).get_model_version_by_alias(group, APPROVED_ALIAS).version)
+    except Exception:
+        aliased = None
     approved = [v for v in versions if v["status"] == "Approved"]
+    if approved and aliased == approved[-1]["version"]:
+        return approved[-1]
     if not approved:
         latest = versions[-1]["version"]
         raise ModelNotFound(f"model package group {group!r} has no Approved version. Fix: approve one "

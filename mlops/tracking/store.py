@@ -80,9 +80,9 @@ def preload(home: str | Path | None = None) -> None:
 
 # %% ../../nbs/tracking/01_store.ipynb #2767b437
 def mlflow_metric_name(name: str) -> str:
-    "The MLflow name of a SageMaker metric name: `test:wQuantileLoss[0.1]` → `test_wQuantileLoss_0.1`."
-    name = name.replace("]", "").replace("[", "_").replace(":", "_")
-    return re.sub(r"[^\w\-./ ]", "_", name)
+    "The MLflow name of a SageMaker metric name: `test:RMSE` stays, `test:wQuantileLoss[0.1]` → `test:wQuantileLoss_0.1`."
+    name = name.replace("]", "").replace("[", "_")
+    return re.sub(r"[^\w\-./ ]" if os.name == "nt" else r"[^\w\-./ :]", "_", name)
 
 # %% ../../nbs/tracking/01_store.ipynb #8e5fbca4
 def ui_command(home: str | Path | None = None, port: int = 5000, host: str = "127.0.0.1") -> list[str]:
@@ -94,7 +94,31 @@ def ui_command(home: str | Path | None = None, port: int = 5000, host: str = "12
     return command
 
 def serve_ui(home: str | Path | None = None, port: int = 5000, host: str = "127.0.0.1") -> int:
-    "Run the MLflow UI until interrupted; its exit code."
+    """Run the MLflow UI until interrupted (Ctrl+C, SIGTERM, SIGHUP); its exit code. The server runs in a process group of
+    its own (MLflow's server starts workers of its own), ended with this function, so that no process keeps serving the port."""
+    import signal
     client(home)  # create the database first, under the lock
-    try: return subprocess.call(ui_command(home, port, host))
-    except KeyboardInterrupt: return 0
+    server = subprocess.Popen(ui_command(home, port, host), start_new_session=True)
+    def stop(signum, frame): raise KeyboardInterrupt
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)} \
+        if threading.current_thread() is threading.main_thread() else {}
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for s, handler in previous.items(): signal.signal(s, handler)
+        _end_group(server)
+
+def _end_group(process: subprocess.Popen, grace: float = 10.0):
+    "SIGTERM to the process group that `process` leads, SIGKILL to what is left of it after `grace` seconds."
+    import signal, time
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try: os.killpg(process.pid, sig)
+        except ProcessLookupError: return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            process.poll()
+            try: os.killpg(process.pid, 0)  # is any process of the group left?
+            except ProcessLookupError: return
+            time.sleep(0.1)

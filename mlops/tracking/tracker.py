@@ -5,18 +5,22 @@
 # %% ../../nbs/tracking/03_tracker.ipynb #9df51dd6
 from __future__ import annotations
 
+import json
 import time
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from ..files import git_state, sha256
+from ..deepar.metrics import epoch_metric
+from ..files import atomic_write, git_state, sha256
 from . import ModelNotFound, TrackingError
-from .registry import (APPROVAL_STATUSES, APPROVAL_TAG, ARN_PREFIX, EXECUTION_TAG, STEP_TAG, resolve_model_package)
+from .registry import (APPROVAL_STATUSES, APPROVAL_TAG, ARN_PREFIX, EXECUTION_TAG, STATUS_TAG, STATUS_WORDS, STEP_TAG,
+                                     resolve_model_package, sync_approved_alias)
 from .store import client, mlflow_metric_name, registry_uri, tracking_uri, artifact_location
 
 # %% auto #0
-__all__ = ['code_version', 'data_facts', 'ExecutionTracker', 'register', 'resolve', 'finish']
+__all__ = ['EXPERIMENT_KIND', 'code_version', 'data_facts', 'ExecutionTracker', 'notebook_html', 'register', 'resolve', 'finish']
 
 # %% ../../nbs/tracking/03_tracker.ipynb #47caeb10
 def code_version(root: str | Path | None = None) -> dict:
@@ -42,14 +46,19 @@ def data_facts(path: str | Path, uri: str | None = None) -> dict:
 # %% ../../nbs/tracking/03_tracker.ipynb #394c1ad0
 def _ms(t: float | None) -> int | None: return int(t * 1000) if t else None
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
 def _experiment_id(mlflow_client, name: str, home) -> str:
+    "The experiment `name` (created if missing), marked as a model-training experiment."
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment: return experiment.experiment_id
-    try: return mlflow_client.create_experiment(name, artifact_location=artifact_location(home, name))
-    except Exception:  # another process created it first
-        experiment = mlflow_client.get_experiment_by_name(name)
-        if experiment: return experiment.experiment_id
-        raise
+    if experiment is None:
+        try: return mlflow_client.create_experiment(name, artifact_location=artifact_location(home, name), tags=EXPERIMENT_KIND)
+        except Exception:  # another process created it first
+            experiment = mlflow_client.get_experiment_by_name(name)
+            if experiment is None: raise
+    if "mlflow.experimentKind" not in experiment.tags:  # made before the kind was set; a kind chosen in the UI is kept
+        for key, value in EXPERIMENT_KIND.items(): mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 class ExecutionTracker:
     "Logs one pipeline execution to MLflow from the engine's events, in the background; the engine's model registry."
@@ -58,6 +67,7 @@ class ExecutionTracker:
         self.execution_id = self.pipeline = self.run_id = None
         self._steps: dict[str, str] = {}  # step name -> nested run id
         self._outputs: dict[str, str] = {}  # output URI -> nested run id
+        self._history: dict[str, list[tuple]] = {}  # step name -> (metric, epoch, value, time) read from its log
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
         self._failure: Exception | None = None
 
@@ -79,8 +89,10 @@ class ExecutionTracker:
             self.execution_id, self.pipeline, started = event.execution_id, event.details["pipeline"], time.time()
             self.resumed = event.details["resumed"]  # only a resumed execution can have registered a version already
             self._submit(self._start, event.details["parameters"], event.details["definition_sha256"], event.details["resumed"], started)
+        elif event.kind == "step-log" and event.step is not None and (point := epoch_metric(event.line or "")):
+            self._history.setdefault(event.step.name, []).append((point["name"], point["epoch"], point["value"], time.time()))
         elif event.kind in ("step-succeeded", "step-failed", "step-cached"):
-            self._submit(self._log_step, event.step)
+            self._submit(self._log_step, event.step, self._history.pop(event.step.name, []))
         elif event.kind == "execution-ended":
             self.finish(event.details["status"], event.details.get("failure_reason"))
 
@@ -111,8 +123,8 @@ def _start(self: ExecutionTracker, parameters: dict, definition_sha256: str, res
 ExecutionTracker._start = _start
 
 # %% ../../nbs/tracking/03_tracker.ipynb #17fc9aa5
-def _log_step(self: ExecutionTracker, step):
-    "A finished step as a nested run: params, metrics, input and output digests, the notebook, report artifacts."
+def _log_step(self: ExecutionTracker, step, history: list[tuple] = ()):
+    "A finished step as a nested run: params, metrics (and histories), input and output digests, the notebook, report artifacts."
     from mlflow.entities import Metric, Param
     if step.name in self._steps: return self._steps[step.name]  # logged before this execution was resumed
     c, io = self.client, step.io
@@ -131,13 +143,18 @@ def _log_step(self: ExecutionTracker, step):
         if path is not None and (digest := sha256(path)): tags["mlops.notebook.sha256"] = digest
     run_id = c.create_run(c.get_run(self.run_id).info.experiment_id, start_time=_ms(step.started), run_name=step.name, tags=tags).info.run_id
     timestamp = _ms(step.ended) or _ms(time.time())
-    c.log_batch(run_id, metrics=[Metric(mlflow_metric_name(k), v, timestamp, 0) for k, v in io.metrics.items()],
-                params=[Param(k, str(v)[:6000]) for k, v in io.params.items()])
+    metrics = [Metric(mlflow_metric_name(k), v, timestamp, 0) for k, v in io.metrics.items()]
+    metrics += [Metric(mlflow_metric_name(name), value, _ms(at), epoch) for name, epoch, value, at in history]
+    c.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in io.params.items()])
+    c.log_batch(self.run_id, metrics=metrics)  # the headline on the execution's run (the client sends big batches in parts)
     if step.status == "Succeeded":
         for output, uri in io.artifacts.items():
             path = self.local_path(uri)
             if path.is_dir(): c.log_artifacts(run_id, str(path), output)
             elif path.is_file(): c.log_artifact(run_id, str(path), output)
+            for notebook in sorted(path.rglob("*.ipynb") if path.is_dir() else [path] if path.suffix == ".ipynb" else []):
+                where = notebook.relative_to(path).with_suffix(".html").as_posix() if path.is_dir() else notebook.with_suffix(".html").name
+                c.log_text(run_id, _html_once(self.home, notebook), f"{output}/{where}")
         if io.metrics:
             c.log_dict(run_id, io.metrics, "metrics.json")
             c.log_dict(run_id, io.params, "hyperparameters.json")
@@ -148,6 +165,21 @@ def _log_step(self: ExecutionTracker, step):
     return run_id
 
 ExecutionTracker._log_step = _log_step
+
+def notebook_html(path: str | Path) -> str:
+    "An executed notebook as a standalone HTML page (nbconvert's lab template), for MLflow's artifact view."
+    import nbformat
+    from nbconvert import HTMLExporter
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(path), as_version=4))
+    return body
+
+def _html_once(home: Path, notebook: Path) -> str:
+    "`notebook_html`, converted once per notebook content (a cached step logs its notebook again: no second conversion)."
+    kept = home / "tracking" / "html" / f"{sha256(notebook)}.html"
+    if kept.is_file(): return kept.read_text(encoding="utf-8")
+    html = notebook_html(notebook)
+    atomic_write(kept, html)
+    return html
 
 # %% ../../nbs/tracking/03_tracker.ipynb #c38968d0
 def register(self: ExecutionTracker, group: str, image: str, model_data_url: str, approval_status: str, metrics: list[dict],
@@ -176,13 +208,43 @@ def _register(self: ExecutionTracker, group, image, model_data_url, approval_sta
         except Exception:
             if not c.search_registered_models(f"name = '{group}'"): raise
     source_run = self._outputs.get(model_data_url) or self.run_id
-    tags = {APPROVAL_TAG: approval_status, EXECUTION_TAG: self.execution_id, STEP_TAG: step, "mlops.pipeline": self.pipeline,
+    tags = {APPROVAL_TAG: approval_status, STATUS_TAG: STATUS_WORDS[approval_status], EXECUTION_TAG: self.execution_id, STEP_TAG: step,
+            "mlops.pipeline": self.pipeline,
             "mlops.execution_run_id": self.run_id, "mlops.source_run_id": source_run, "ModelDataUrl": model_data_url,
             "Image": image, **{f"metric.{mlflow_metric_name(m['MetricName'])}": str(m["Value"]) for m in metrics},
             **{f"metadata.{k}": str(v) for k, v in metadata.items()}}
-    version = c.create_model_version(group, source=f"runs:/{source_run}/model", run_id=source_run, tags=tags,
-                                     description=f"registered by execution {self.execution_id}")  # its tags in the same transaction
+    model_id = _logged_model(self, group, source_run, model_data_url, image)
+    with _global_tracking_uri(tracking_uri(self.home)):  # MLflow's registry looks `models:/<id>` up with the global client
+        version = c.create_model_version(group, source=f"models:/{model_id}", run_id=source_run, tags=tags, model_id=model_id,
+                                         description=f"registered by execution {self.execution_id}")  # its tags in the same transaction
+    c.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps([{"name": group, "version": version.version}])})
+    if approval_status == "Approved": sync_approved_alias(group, self.home)
     return self._package(group, version.version, approval_status)
+
+def _logged_model(self: ExecutionTracker, name: str, run_id: str, model_data_url: str, image: str) -> str:
+    """An MLflow logged model `name` of `run_id` holding model.tar.gz, an output of that run and of the execution's run; its id.
+    (Not named `model`: MLflow would list its files under the run's own `model` artifact folder.)"""
+    import shutil, tempfile
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    c = self.client
+    model = c.create_logged_model(c.get_run(run_id).info.experiment_id, name=name, source_run_id=run_id,
+                                  tags={"ModelDataUrl": model_data_url, "Image": image, EXECUTION_TAG: self.execution_id})
+    if (archive := self.local_path(model_data_url)).is_file():
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.copy(archive, Path(folder) / archive.name)
+            c.log_model_artifacts(model.model_id, folder)
+    c.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    for run in dict.fromkeys([run_id, self.run_id]): c.log_outputs(run, [LoggedModelOutput(model.model_id, 0)])
+    return model.model_id
+
+@contextmanager
+def _global_tracking_uri(uri: str):
+    """MLflow's global tracking URI is `uri` for the block, then what it was. Not `mlflow.set_tracking_uri`: it also sets the
+    environment variable MLFLOW_TRACKING_URI (which step processes would inherit), and unsets the user's on the way back."""
+    from mlflow.tracking._tracking_service import utils
+    before, utils._tracking_uri = utils._tracking_uri, uri
+    try: yield
+    finally: utils._tracking_uri = before
 
 def _package(self: ExecutionTracker, group, version, approval_status) -> dict:
     "SageMaker's ModelPackage properties of a version (its ARN tagged on it, and on the execution's run)."
@@ -214,4 +276,4 @@ def finish(self: ExecutionTracker, status: str, failure_reason: str | None = Non
     return self.run_id
 
 ExecutionTracker.register, ExecutionTracker._register, ExecutionTracker.resolve, ExecutionTracker.finish = register, _register, resolve, finish
-ExecutionTracker._package = _package
+ExecutionTracker._package, ExecutionTracker._logged_model = _package, _logged_model
