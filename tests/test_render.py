@@ -413,7 +413,7 @@ def test_dag_draws_both_pipelines_from_the_templates():
     result = subprocess.run([*MLOPS, "dag", "--templates", TEMPLATES], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("DeepARTraining\n└── FeatureEngineering (Processing)\n"), result.stdout
-    assert "└── if false: QualityTooLow (Fail)" in result.stdout and "DeepARBatchInference\n└── PrepareInference" in result.stdout
+    assert "└── if false: QualityTooLow (Fail)" in result.stdout and "DeepARBatchInference\n└── ResolveModel" in result.stdout
     mermaid = subprocess.run([*MLOPS, "dag", "--format", "mermaid", "--templates", TEMPLATES], capture_output=True, text=True)
     assert "CheckQuality -->|false| QualityTooLow" in mermaid.stdout and "BatchTransform --> ForecastReport" in mermaid.stdout
     ones = {name: subprocess.run([*MLOPS, "dag", "--pipeline", name, "--format", "mermaid", "--templates", TEMPLATES],
