@@ -73,8 +73,7 @@ def resolve_locally(group: str, arn: str = "", home: str | Path | None = None) -
     try:
         row = resolve_model_package(arn or group, home)
     except (ModelNotFound, TrackingError) as e:
-        raise PackageNotUsable(str(e).replace("pass -p ModelName=<model name or package ARN>", "pass -p ModelPackageArn=<ARN>")
-                               .replace("pass -p ModelName=<model name>", "pass -p ModelPackageArn=<ARN>")) from None
+        raise PackageNotUsable(str(e)) from None
     tags = row.get("tags", {})
     return usable({"ModelPackageArn": row["arn"], "ModelPackageGroupName": row["group"], "ModelPackageVersion": row["version"],
                    "ModelApprovalStatus": row["status"], "Image": row["image"], "ModelDataUrl": row["model_data_url"],

@@ -88,7 +88,7 @@ def resolve_model_package(reference: str, home: str | Path | None = None) -> dic
     versions = model_versions(group, home)
     if not versions:
         raise ModelNotFound(f"no model named {reference!r} (neither a model, a model package ARN nor a model package group). "
-                            "Fix: run the training pipeline first, or pass -p ModelName=<model name>.")
+                            "Fix: run the training pipeline first, or pass -p ModelPackageArn=<ARN of a version>.")
     if version is not None:
         found = [v for v in versions if str(v["version"]) == version]
         if not found: raise ModelNotFound(f"model package group {group!r} has no version {version}; "
@@ -104,5 +104,5 @@ def resolve_model_package(reference: str, home: str | Path | None = None) -> dic
     if not approved:
         latest = versions[-1]["version"]
         raise ModelNotFound(f"model package group {group!r} has no Approved version. Fix: approve one "
-                            f"(`mlops models approve {group} {latest}`), or pass -p ModelName=<model name or package ARN>.")
+                            f"(`mlops models approve {group} {latest}`), or pass -p ModelPackageArn=<ARN of an Approved version>.")
     return approved[-1]
