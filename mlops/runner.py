@@ -66,7 +66,6 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
     "Put the step notebooks and the input data in the local store; return the parameter overrides this implies."
     from mlops.config import FORECAST
     if pipeline == "inference": check_model_package(definition, parameters, home)  # before anything is written
-    from mlops.data.demo import write_demo_data
     store, overrides = LocalStore(home / "store"), dict(parameters)
     stage_step_notebooks(home)
     if "InputDataUri" not in overrides:
@@ -81,7 +80,9 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
             staging = home / "tmp" / uuid.uuid4().hex[:8]
             staging.mkdir(parents=True, exist_ok=True)
             if data is not None: shutil.copy2(data, staging / data.name)
-            else: write_demo_data(staging / "demo.csv", future_periods=future)
+            else:
+                from mlops.data.demo import write_demo_data  # pandas: only when the demo data is written
+                write_demo_data(staging / "demo.csv", future_periods=future)
             store.upload(staging / (data.name if data is not None else "demo.csv"), uri)
             shutil.rmtree(staging, ignore_errors=True)
         overrides["InputDataUri"] = uri
@@ -126,6 +127,9 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         stage_step_notebooks(home)
     else:
         definition = local_definition(pipeline)
+        from mlops.engine.processes import prestart_early
+        from mlops.engine.run import first_workers
+        prestart_early(first_workers(definition))  # e.g. the first step's Jupyter kernel starts while the inputs are staged
         parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
     name = names[pipeline]
     from mlops.engine.events import EventWriter  # every transition, as SageMaker's EventBridge events, in .mlops/events.jsonl
