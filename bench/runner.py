@@ -1,108 +1,176 @@
-"""Benchmark: `mlops run` on the demo data — where the time goes.
+"""Benchmark: `mlops run` on the demo data — where the time goes, phase by phase, medians over rounds.
 
-Measured in one run, in a fresh MLOPS_HOME:
-  - the wall time of `mlops run` (the training pipeline, the README's main command), as a user runs it;
-  - the steps' own compute: time inside the feature-engineering notebook's cells (from papermill's
-    per-cell timings, import cells excluded) and inside training (the time the local DeepAR reports
-    for its job, minus the import time of torch, lightning and GluonTS measured in the same run);
-  - the orchestration overhead, wall time minus compute, as a fraction of the wall time (everything
-    else counts: Python and kernel start-up, imports, copying to and from the local store, records);
-  - the wall time of a fully cached re-run, as a fraction of the first.
-Targets: overhead ≤ 15 %, cached re-run ≤ 5 %.
+Each round, in a fresh MLOPS_HOME: `mlops run` (the training pipeline, the README's main command) as a user runs
+it, then the same command again (every step from the cache). The phases of the first run come from what the run
+records anyway and from the opt-in timing hook (MLOPS_TIMINGS=FILE, see mlops/timing.py):
+  - CLI start and imports     launch → the `run` command's body starts (hook);
+  - definition and staging    → the execution starts (runs.db): template filled, notebooks and data in the store;
+  - engine start              → the first step starts (runs.db);
+  - FeatureEngineering: process, imports and kernel start (what a prestarted worker did not hide), the notebook's
+    import cells, its other cells (compute, papermill's per-cell times), papermill between cells, and the end (kernel shut down, report
+    and outputs copied);
+  - hand-over to the DeepAR worker: the training step's wall time minus the trainer's own report (waiting for a
+    prestarted worker's imports, or a cold start's, and copying the model);
+  - DeepAR training: the trainer's report (compute), minus torch/lightning/GluonTS imports when it started cold;
+  - quality gate, registration and model: from training's end to the last step's end;
+  - MLflow (waiting for the background logging to finish): → the execution ends (runs.db);
+  - summary and exit: → the process has exited.
+Compute = the feature notebook's non-import cells + DeepAR training; orchestration overhead = wall time − compute.
+Targets: overhead ≤ 15 % of the wall time, fully cached re-run ≤ 5 % of the first (stretch ≤ 10 %).
 
-Usage: python bench/runner.py [-p NAME=VALUE ...]
+`--baseline ROOT` runs another checkout of the project (e.g. the main branch) in the same rounds, interleaved, so
+before and after are measured under the same load and printed side by side.
+
+Usage: python bench/runner.py [--rounds 3] [--baseline ROOT] [-p NAME=VALUE ...]
 """
 import argparse
 import json
 import os
 import re
+import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 MLOPS = str(Path(sys.executable).parent / "mlops")
+HERE = Path(__file__).resolve().parents[1]
+PHASES = ["CLI start and imports", "definition and staging", "engine start", "FeatureEngineering: process, imports, kernel",
+          "FeatureEngineering: notebook import cells", "FeatureEngineering: notebook compute",
+          "FeatureEngineering: papermill between cells", "FeatureEngineering: end",
+          "between steps", "hand-over to the DeepAR worker", "DeepAR training (compute)",
+          "quality gate, registration, model", "MLflow: waiting for the logging", "summary and exit"]
+COMPUTE = ("FeatureEngineering: notebook compute", "DeepAR training (compute)")
 
 
-def notebook_compute(notebook: Path) -> float:
-    "Seconds spent in the executed notebook's cells, without the cells that only import."
-    cells = json.loads(notebook.read_text())["cells"]
-    total = 0.0
+def _iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def notebook_cells(notebook: Path) -> tuple[float, float, float, float]:
+    "(first cell's start, last cell's end, seconds in import-only cells, seconds in the other cells) of an executed notebook."
+    cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"
+             and c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    imports = compute = 0.0
     for cell in cells:
-        source = "".join(cell.get("source", "")).strip()
-        lines = [l for l in source.splitlines() if l.strip() and not l.strip().startswith("#")]
-        if cell["cell_type"] != "code" or all(l.startswith(("import ", "from ")) for l in lines):
-            continue
-        total += cell.get("metadata", {}).get("papermill", {}).get("duration") or 0.0
-    return total
+        lines = [l.strip() for l in "".join(cell.get("source", "")).splitlines() if l.strip() and not l.strip().startswith("#")]
+        duration = cell["metadata"]["papermill"].get("duration") or 0.0
+        if lines and all(l.startswith(("import ", "from ")) for l in lines): imports += duration
+        else: compute += duration
+    papermill = [c["metadata"]["papermill"] for c in cells]
+    return _iso(papermill[0]["start_time"]), _iso(papermill[-1]["end_time"]), imports, compute
 
 
 def trainer_reported(log: Path) -> float:
-    "Seconds the local DeepAR reports for its whole job (reading channels, imports of its libraries, training, evaluation, saving)."
+    "Seconds the local DeepAR reports for its whole job (reading channels, training, evaluation, saving)."
     reported = re.findall(r"in ([\d.]+) s$", log.read_text(), flags=re.M)
     if not reported:
         raise SystemExit(f"cannot read the training time from {log}")
     return float(reported[-1])
 
 
-def training_imports() -> float:
+def training_imports(root: Path) -> float:
     "Seconds to import what the trainer imports (torch, lightning, GluonTS), measured in a fresh process now."
     code = ("import time; t = time.perf_counter(); import torch, lightning, gluonts.torch.model.deepar; "
             "print(time.perf_counter() - t)")
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout)
 
 
-def run(home: Path, args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
-    started = time.perf_counter()
-    result = subprocess.run([MLOPS, "run", *args], capture_output=True, text=True,
-                            env={**os.environ, "MLOPS_HOME": str(home), "COLUMNS": "200"})
-    elapsed = time.perf_counter() - started
+def run(root: Path, home: Path, timings: Path, args: list[str]) -> tuple[float, float, float]:
+    "(launch time, exit time, CPU seconds of the command and its children) of one `mlops run` of the checkout at `root`."
+    env = {**os.environ, "MLOPS_HOME": str(home), "MLOPS_TIMINGS": str(timings), "PYTHONPATH": str(root), "COLUMNS": "200"}
+    before = os.times()
+    launched = time.time()
+    result = subprocess.run([MLOPS, "run", *args], capture_output=True, text=True, env=env, cwd=root)
+    exited, after = time.time(), os.times()
     if result.returncode != 0:
-        raise SystemExit(f"mlops run failed:\n{result.stdout}\n{result.stderr}")
-    return elapsed, result
+        raise SystemExit(f"mlops run failed ({root}):\n{result.stdout}\n{result.stderr}")
+    return launched, exited, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
+def marks(timings: Path) -> dict[str, dict]:
+    if not timings.exists(): return {}
+    return {m["phase"]: m for m in map(json.loads, timings.read_text().splitlines())}
+
+
+def phases_of_first_run(home: Path, launched: float, exited: float, timings: Path, imports: float) -> dict[str, float]:
+    db = sqlite3.connect(home / "runs.db")
+    (execution_id, started, ended), = db.execute("SELECT id, started, ended FROM executions ORDER BY started LIMIT 1")
+    steps = {n: (s, e) for n, s, e in db.execute("SELECT name, started, ended FROM steps WHERE execution_id = ?", (execution_id,))}
+    hook = marks(timings)
+    cli = hook.get("cli: imports done", {}).get("started", launched)  # an older checkout has no hook: one phase
+    fe_start, fe_end = steps["FeatureEngineering"]
+    tr_start, tr_end = steps["TrainDeepAR"]
+    folder = home / "runs" / execution_id
+    first_cell, last_cell, import_cells, cells = notebook_cells(next(folder.glob("FeatureEngineering/output/report/*.ipynb")))
+    log = folder / "TrainDeepAR" / "log.txt"
+    reported = trainer_reported(log)
+    warm = "runs in a worker prestarted" in log.read_text()
+    training = reported if warm else reported - imports
+    return {"CLI start and imports": cli - launched, "definition and staging": started - cli,
+            "engine start": fe_start - started, "FeatureEngineering: process, imports, kernel": first_cell - fe_start,
+            "FeatureEngineering: notebook import cells": import_cells, "FeatureEngineering: notebook compute": cells,
+            "FeatureEngineering: papermill between cells": (last_cell - first_cell) - import_cells - cells,
+            "FeatureEngineering: end": fe_end - last_cell,
+            "between steps": tr_start - fe_end, "hand-over to the DeepAR worker": (tr_end - tr_start) - training,
+            "DeepAR training (compute)": training, "quality gate, registration, model": max(e for _, e in steps.values()) - tr_end,
+            "MLflow: waiting for the logging": ended - max(e for _, e in steps.values()), "summary and exit": exited - ended
+            }
+
+
+def one_round(root: Path, args: list[str], imports: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        home, timings = Path(tmp) / "home", Path(tmp) / "timings.jsonl"
+        launched, exited, cpu = run(root, home, timings, args)
+        phases = phases_of_first_run(home, launched, exited, timings, imports)
+        relaunched, reexited, recpu = run(root, home, Path(tmp) / "cached.jsonl", args)
+        db = sqlite3.connect(home / "runs.db")
+        cached = [n for n, c in db.execute("SELECT name, cached_from FROM steps WHERE execution_id = "
+                                           "(SELECT id FROM executions ORDER BY started DESC LIMIT 1)") if c]
+    wall = exited - launched
+    compute = sum(phases[p] for p in COMPUTE)
+    return {**{p: phases[p] for p in PHASES}, "wall": wall, "cpu": cpu, "compute": compute, "overhead": wall - compute,
+            "cached": reexited - relaunched, "cached_cpu": recpu, "cached_steps": len(cached)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="root of another checkout, run in the same rounds (before)")
     options = parser.parse_args()
     args = [a for p in options.parameter for a in ("-p", p)]
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp) / "home"
-        first, _ = run(home, args)
-        cached, second = run(home, args)
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from mlops.engine.execution import Execution
-        from mlops.engine.records import Records
-        records = Records(home / "runs.db")
-        executions = records.executions(2)
-        execution = Execution.load(executions[-1]["id"], home)
-        run_folder = home / "runs" / execution.id
-        fe = notebook_compute(next(run_folder.glob("FeatureEngineering/output/report/*.ipynb")))
-        log = run_folder / "TrainDeepAR" / "log.txt"
-        reported, imports = trainer_reported(log), training_imports()
-        # a worker prestarted during feature engineering has its libraries loaded before its clock starts
-        prestarted = "runs in a worker prestarted" in log.read_text()
-        train = reported if prestarted else reported - imports
-        steps = {s.name: s.elapsed for s in execution.steps}
-        rerun = Execution.load(executions[0]["id"], home)
-        cached_steps = [s.name for s in rerun.steps if s.cached_from]
-    compute = fe + train
-    overhead = first - compute
-    print(f"mlops run (training pipeline, demo data{', ' + ' '.join(options.parameter) if options.parameter else ''})")
-    print(f"  wall time                      {first:7.1f} s")
-    print(f"  step wall times                " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
-    print(f"  compute: feature notebook cells {fe:6.1f} s")
-    if prestarted:
-        print(f"  compute: DeepAR training        {train:6.1f} s (its {imports:.1f} s of torch/lightning/GluonTS imports ran in a "
-              "worker prestarted during feature engineering)")
-    else:
-        print(f"  compute: DeepAR training        {train:6.1f} s (the trainer's {reported:.1f} s minus {imports:.1f} s of "
-              "torch/lightning/GluonTS imports)")
-    print(f"  orchestration overhead         {overhead:7.1f} s = {overhead / first:.1%} of the wall time (target ≤ 15%)")
-    print(f"  fully cached re-run            {cached:7.1f} s = {cached / first:.1%} of the first (target ≤ 5%); "
-          f"cached steps: {', '.join(cached_steps)}")
+    roots = {"this checkout": HERE} | ({"baseline": options.baseline.resolve()} if options.baseline else {})
+    imports = training_imports(HERE)
+    results = {name: [] for name in roots}
+    for number in range(options.rounds):
+        for name, root in roots.items():
+            results[name].append(one_round(root, args, imports))
+            print(f"round {number + 1}/{options.rounds}, {name}: {results[name][-1]['wall']:.1f} s, cached re-run "
+                  f"{results[name][-1]['cached']:.1f} s", file=sys.stderr, flush=True)
+    median = {name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in results.items()}
+    names = list(roots)
+    print(f"mlops run (training pipeline, demo data{', ' + ' '.join(options.parameter) if options.parameter else ''}): "
+          f"medians of {options.rounds} rounds, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"  {'':46}" + "".join(f"{n:>22}" for n in names))
+    def row(label, key, ratio_of=None):
+        cells = []
+        for n in names:
+            value = median[n][key]
+            cells.append(f"{value:7.1f} s" + (f" {value / median[n][ratio_of]:6.1%}" if ratio_of else " " * 7))
+        print(f"  {label:46}" + "".join(f"{c:>22}" for c in cells))
+    for p in PHASES: row(p, p, "wall")
+    row("wall time", "wall")
+    row("CPU time (the command and its processes)", "cpu")
+    row("compute (feature cells + DeepAR training)", "compute", "wall")
+    row("orchestration overhead (target <= 15%)", "overhead", "wall")
+    row("fully cached re-run (target <= 5% of wall)", "cached", "wall")
+    row("fully cached re-run: CPU time", "cached_cpu")
+    print(f"  the DeepAR trainer's imports measured apart: {imports:.1f} s; the cached re-run took "
+          + ", ".join(f"{median[n]['cached_steps']:.0f} steps from the cache ({n})" for n in names))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,6 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
     "Put the step notebooks and the input data in the local store; return the parameter overrides this implies."
     from mlops.config import FORECAST
     if pipeline == "inference": check_model_package(definition, parameters, home)  # before anything is written
-    from mlops.data.demo import write_demo_data
     store, overrides = LocalStore(home / "store"), local_parameters(pipeline, parameters, data)
     stage_step_notebooks(home)
     if "InputDataUri" not in overrides:
@@ -83,6 +82,7 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
         elif not store.exists(uri):
             staging = home / "tmp" / uuid.uuid4().hex[:8]
             staging.mkdir(parents=True, exist_ok=True)
+            from mlops.data.demo import write_demo_data  # pandas: only when the demo data is written
             write_demo_data(staging / "demo.csv", future_periods=future)
             store.upload(staging / "demo.csv", uri)
             shutil.rmtree(staging, ignore_errors=True)
@@ -173,6 +173,9 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         stage_step_notebooks(home)
     else:
         definition = local_definition(pipeline)
+        from mlops.engine.processes import prestart_early
+        from mlops.engine.run import first_workers
+        prestart_early(first_workers(definition))  # e.g. the first step's Jupyter kernel starts while the inputs are staged
         staged_before = {p.parent for p in (home / "store" / LOCAL_BUCKET / "data").glob("*/*")}
         parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
     name = names[pipeline]

@@ -15,8 +15,8 @@ from . import PIPELINE, PIPELINE_HELP, assignments, console, err_console, fail, 
 from ..config import FORECAST, mlops_home
 
 # %% auto #0
-__all__ = ['demo_data_command', 'data_notes', 'features', 'ProgressView', 'show_execution_summary', 'checked_definition', 'run',
-           'runs', 'status', 'logs', 'train_deepar']
+__all__ = ['demo_data_command', 'data_notes', 'features', 'ProgressView', 'show_execution_summary', 'checked_definition',
+           'exit_quickly', 'run', 'runs', 'status', 'logs', 'train_deepar']
 
 # %% ../../nbs/cli/01_local.ipynb #b49a2cba
 @main.command("demo-data")
@@ -211,6 +211,16 @@ def checked_definition(path: Path) -> dict:
     return definition
 
 # %% ../../nbs/cli/01_local.ipynb #49a7eda0
+def exit_quickly(code: int):
+    "End the `mlops` process with `code`: exit handlers run and streams flushed, no module teardown; `sys.exit` in-process."
+    import atexit, os
+    entry = Path(getattr(sys.modules.get("__main__"), "__file__", None) or "").name
+    if Path(sys.argv[0]).name != "mlops" or entry != "mlops": sys.exit(code)
+    atexit._run_exitfuncs()
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(code)
+
+# %% ../../nbs/cli/01_local.ipynb #b71d13e0
 @main.command()
 @click.option("--pipeline", type=PIPELINE, default="training", show_default=True, help=PIPELINE_HELP)
 @click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE", help="pipeline parameter (repeatable)")
@@ -227,6 +237,8 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     from mlops.engine import DefinitionNotRunnable
     from mlops.engine.run import run_definition
     from mlops.runner import run as run_pipeline
+    from mlops.timing import mark, phase  # MLOPS_TIMINGS=FILE: where the time goes (bench/runner.py)
+    mark("cli: imports done")
     parameters = assignments(parameters)
     options = dict(max_parallel=max_parallel, use_cache=not no_cache, resume=resume, reference=reference,
                    steps=[s.strip() for s in steps.split(",")] if steps else None)
@@ -245,8 +257,8 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
                 execution = run_pipeline(pipeline, parameters, data, listeners=[view], **options)
     except DefinitionNotRunnable as e:
         fail(str(e), 2)
-    show_execution_summary(execution)
-    sys.exit(0 if execution.status == "Succeeded" else 1)
+    with phase("cli: summary"): show_execution_summary(execution)
+    exit_quickly(0 if execution.status == "Succeeded" else 1)
 
 # %% ../../nbs/cli/01_local.ipynb #d49e740a
 @main.command()

@@ -24,7 +24,7 @@ from .metrics import forecast_metrics, write_metrics
 from ..files import atomic_write
 
 # %% auto #0
-__all__ = ['batches_per_epoch', 'evaluate', 'save_model', 'train', 'format_progress']
+__all__ = ['batches_per_epoch', 'stalled', 'early_stopping', 'evaluate', 'save_model', 'train', 'format_progress']
 
 # %% ../../nbs/deepar/05_estimator.ipynb #ade8f3ca
 def _distr_output(likelihood: str):
@@ -39,6 +39,24 @@ def batches_per_epoch(series: Sequence[Series], hp: DeepARHyperparameters) -> in
     "Batches in one pass over the train channel: each point seen once on average in a context+prediction window."
     points = sum(len(s.target) for s in series)
     return max(1, math.ceil(points / (hp.context_length + hp.prediction_length) / hp.mini_batch_size))
+
+# %% ../../nbs/deepar/05_estimator.ipynb #d8bb2839
+def stalled(losses: Sequence[float], rates: Sequence[float], patience: int) -> bool:
+    "True when the mean of the last `patience` losses is no lower than the mean of the `patience` before, all at one learning rate."
+    if len(losses) < 2 * patience or len(set(rates[-2 * patience:])) > 1: return False
+    return float(np.mean(losses[-patience:])) >= float(np.mean(losses[-2 * patience:-patience]))
+
+def early_stopping(patience: int):
+    "A lightning callback that stops training when the epoch losses have `stalled` (checked after every epoch)."
+    import lightning.pytorch as pl
+
+    class StallStopping(pl.Callback):
+        def __init__(self): self.losses, self.rates = [], []
+        def on_train_epoch_end(self, trainer, module):
+            self.losses.append(float(trainer.callback_metrics["train_loss"]))
+            self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+            if stalled(self.losses, self.rates, patience): trainer.should_stop = True
+    return StallStopping()
 
 # %% ../../nbs/deepar/05_estimator.ipynb #fc204972
 def _train_network(hp: DeepARHyperparameters, settings: DataSettings, series: Sequence[Series], work_dir: Path,
@@ -59,9 +77,7 @@ def _train_network(hp: DeepARHyperparameters, settings: DataSettings, series: Se
                           "seconds": time.perf_counter() - started})
 
     callbacks = [EpochLog()]
-    if hp.early_stopping_patience:
-        callbacks.append(pl.callbacks.EarlyStopping(monitor="train_loss", mode="min", patience=hp.early_stopping_patience,
-                                                    check_on_train_epoch_end=True))
+    if hp.early_stopping_patience: callbacks.append(early_stopping(hp.early_stopping_patience))
     estimator = DeepAREstimator(
         freq=freq, prediction_length=hp.prediction_length, context_length=hp.context_length,
         num_layers=hp.num_layers, hidden_size=hp.num_cells, lr=hp.learning_rate, dropout_rate=hp.dropout_rate,

@@ -16,13 +16,36 @@ from typing import Callable
 from . import StepError
 
 # %% auto #0
-__all__ = ['Processes', 'run_command']
+__all__ = ['prestart_early', 'Processes', 'run_command']
 
 # %% ../../nbs/engine/03_processes.ipynb #229155d7
+_EARLY: dict[str, subprocess.Popen] = {}  # module -> a worker started before its execution
+_EARLY_LOCK = threading.Lock()
+
+def _start_worker(module: str, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, "warm"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=cwd)
+
+def prestart_early(modules) -> None:
+    """Start the workers of `modules` now, before the execution that will use them exists (while the caller still
+    loads and stages the pipeline); the next `Processes` created in this process takes them, and kills those unused."""
+    import atexit
+    with _EARLY_LOCK:
+        for module in modules:
+            if module not in _EARLY: _EARLY[module] = _start_worker(module)
+    atexit.register(_kill_early)  # no execution came (e.g. the definition was refused): do not leave them behind
+
+def _kill_early():
+    with _EARLY_LOCK: workers = list(_EARLY.values()); _EARLY.clear()
+    for worker in workers: worker.kill(); worker.wait()
+
+# %% ../../nbs/engine/03_processes.ipynb #1a296b8c
 class Processes:
     "The subprocesses of one execution: registered while they run, stopped together, and prestarted workers."
     def __init__(self, folder: Path):
         self.folder, self._running, self._workers, self._lock = folder, set(), {}, threading.Lock()
+        with _EARLY_LOCK:  # workers started before this execution existed (`prestart_early`) are its own
+            self._workers.update(_EARLY); self._running.update(_EARLY.values()); _EARLY.clear()
 
     def add(self, process):
         with self._lock: self._running.add(process)
@@ -39,8 +62,7 @@ class Processes:
         "Start `python -m <module> warm` (once per module) so its imports overlap the steps before its job."
         with self._lock:
             if module in self._workers: return
-            worker = subprocess.Popen([sys.executable, "-m", module, "warm"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, cwd=self.folder)
+            worker = _start_worker(module, self.folder)
             self._workers[module] = worker
             self._running.add(worker)
 
@@ -55,7 +77,7 @@ class Processes:
             worker.kill(); worker.wait()
             self.discard(worker)
 
-# %% ../../nbs/engine/03_processes.ipynb #1a296b8c
+# %% ../../nbs/engine/03_processes.ipynb #5039a473
 def _hand_over(worker: subprocess.Popen | None, argv: list[str], env: dict | None, cwd: Path) -> subprocess.Popen | None:
     "Give a prestarted worker its job; None if there is no worker or it has died."
     if worker is None: return None
@@ -77,7 +99,7 @@ def run_command(command: list[str], folder: Path, name: str, processes: Processe
         process = _hand_over(warm, command[3:], env, folder)
         if warm is not None and process is None: processes.discard(warm)  # it died: start cold
         if process is not None:
-            log_file.write(f"[mlops] {' '.join(command[2:4])}: runs in a worker prestarted while the steps before it ran "
+            log_file.write(f"[mlops] {' '.join(command[2:4])}: runs in a worker prestarted before it was needed "
                            f"(its libraries are loaded; pid {process.pid})\n")
         else:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

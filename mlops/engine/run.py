@@ -31,7 +31,8 @@ from ..files import text_sha256
 
 # %% auto #0
 __all__ = ['LOCAL_ACCOUNT_ARN', 'AUTOMATIC_RETRY', 'AUTOMATICALLY_RETRIED', 'ExecutionState', 'retry_policy', 'retry_delay',
-           'execute_step', 'refuse_resuming_a_fail_step', 'definition_text', 'changed_steps', 'run_definition']
+           'execute_step', 'refuse_resuming_a_fail_step', 'definition_text', 'changed_steps', 'first_workers',
+           'run_definition']
 
 # %% ../../nbs/engine/07_run.ipynb #3073d27d
 LOCAL_ACCOUNT_ARN = "arn:aws:sagemaker:local:000000000000"
@@ -198,6 +199,14 @@ def _reused(state: ExecutionState, specs, resume, steps, reference) -> list[Step
         if not resume: state.records.save_step(state.id, row["name"], row["type"], "Succeeded", row["started"], row["ended"],
                                                row["attempt"], None, row["properties"], row["cache_key"], reference)
     return results
+
+def first_workers(definition: dict) -> set[str]:
+    """The worker modules of the steps that wait for no other step: a caller may start them early (`prestart_early`),
+    so that their start overlaps the loading and staging of the pipeline. (The later steps' workers start when a step
+    before them really runs: started earlier, they would cost a fully cached run their imports for nothing.)"""
+    from mlops.definition.graph import step_specs
+    return {e.worker for s in step_specs(definition).values() if not s.depends_on
+            and (e := executors.find(s.type, s.arguments)) is not None and e.worker}
 
 def _schedule(state: ExecutionState, plan: Plan, max_parallel: int, use_cache: bool) -> str | None:
     "Run the plan's steps as they become ready; the failure reason of the first failed step, or None."

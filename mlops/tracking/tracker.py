@@ -98,9 +98,9 @@ class ExecutionTracker:
 
 # %% ../../nbs/tracking/03_tracker.ipynb #1fb5cf7c
 def _start(self: ExecutionTracker, parameters: dict, definition_sha256: str, resumed: bool, started: float):
+    c = self.client  # first: it waits for the preload's import of MLflow (two threads importing its protos at once fail)
     from mlflow.entities import Param
     from mlops.tracking.lineage import execution_run
-    c = self.client
     if resumed:  # a resumed execution continues its run (unless it was killed before its run was created)
         try: self.run_id = execution_run(self.execution_id, self.home).info.run_id
         except ModelNotFound: self.run_id = None

@@ -32,6 +32,7 @@ def container_path(value, folder: Path):
 class ProcessingExecutor(Executor):
     "Processing with the mlops processing image."
     step_type, runs = "Processing", "the mlops processing image (entry point python -m mlops.processing)"
+    worker = "mlops.processing"  # a prestarted worker has its kernel started (`python -m mlops.processing warm`)
 
     def accepts(self, arguments: dict) -> bool:
         return arguments.get("AppSpecification", {}).get("ContainerEntrypoint") == MLOPS_ENTRYPOINT
@@ -54,7 +55,7 @@ class ProcessingExecutor(Executor):
         env = {**env, "MLOPS_PROCESSING_JOB_CONFIG": str(folder / "config" / "processingjobconfig.json"),
                "MLOPS_HOME": str(step.execution.home)}
         try:
-            run_command(command, folder, step.name, step.execution.processes, step.log, env)
+            run_command(command, folder, step.name, step.execution.processes, step.log, env, worker=self.worker)
         finally:  # the executed notebook is a report: keep it also when the step fails
             for output in outputs:
                 local = Path(container_path(output["S3Output"]["LocalPath"], folder))
