@@ -212,3 +212,18 @@ def test_a_killed_execution_resumed_goes_on_from_stopped(workspace):
     assert changes(events[len(killed):]) == [("execution", "Stopped", "Executing"), ("TrainDeepAR", "Stopped", "Executing"),
                                              ("TrainDeepAR", "Executing", "Succeeded"), *ran(TRAINING_STEPS[2:]),
                                              ("execution", "Executing", "Succeeded")]
+
+
+def test_a_definition_file_run_writes_its_events_too(tmp_path):
+    "mlops run --definition FILE: a one-step pipeline that fails, its transitions in the events file, in the documented shape."
+    path = tmp_path / "stop.json"
+    path.write_text(json.dumps({"Version": "2020-12-01", "Parameters": [], "Steps": [
+        {"Name": "Stop", "Type": "Fail", "Arguments": {"ErrorMessage": "stopped on purpose"}}]}))
+    home = tmp_path / "home"
+    result = run_mlops("run", "--definition", path, cwd=tmp_path, env={"MLOPS_HOME": str(home)})
+    assert result.returncode == 1, result.stdout + result.stderr
+    events = [json.loads(line) for line in (home / "events.jsonl").read_text().splitlines()]
+    for event in events: check_shape(event)
+    assert changes(events) == [("execution", None, "Executing"), ("Stop", None, "Executing"), ("Stop", "Executing", "Failed"),
+                               ("execution", "Executing", "Failed")]
+    assert events[-2]["detail"]["failureReason"] == "stopped on purpose"

@@ -252,7 +252,10 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     try:
         with ProgressView(console) as view:
             if definition is not None:
-                execution = run_definition(document, parameters, pipeline=definition.name.split(".")[0], listeners=[view], **options)
+                from mlops.config import mlops_home
+                from mlops.engine.events import EventWriter  # its transitions in .mlops/events.jsonl too
+                execution = run_definition(document, parameters, pipeline=definition.name.split(".")[0],
+                                           listeners=[view, EventWriter(mlops_home())], **options)
             else:
                 execution = run_pipeline(pipeline, parameters, data, listeners=[view], **options)
     except DefinitionNotRunnable as e:
