@@ -70,6 +70,7 @@ class ExecutionTracker:
         self._history: dict[str, list[tuple]] = {}  # step name -> (metric, epoch, value, time) read from its log
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
         self._failure: Exception | None = None
+        self.resumed = True  # until the execution says otherwise: a registration then also looks for its earlier version
 
     def _submit(self, function, *args) -> Future:
         def guarded():
@@ -201,7 +202,7 @@ def _register(self: ExecutionTracker, group, image, model_data_url, approval_sta
     if approval_status not in APPROVAL_STATUSES:
         raise ValueError(f"ModelApprovalStatus {approval_status!r} is not one of {', '.join(APPROVAL_STATUSES)}")
     c = self.client
-    if getattr(self, "resumed", True) and (found := _registered_by(c, group, self.execution_id, step)):  # created before it was killed
+    if self.resumed and (found := _registered_by(c, group, self.execution_id, step)):  # created before it was killed
         return self._package(group, found.version, found.tags.get(APPROVAL_TAG, approval_status))
     if not c.search_registered_models(f"name = '{group}'"):
         try: c.create_registered_model(group, description="DeepAR forecasting models (one version per registration).")
