@@ -41,9 +41,9 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict]:
     return declared
 
 # %% ../nbs/03_processing.ipynb #798ba620
-def resolve_parameters(notebook: str | Path, given: dict) -> dict:
-    "The given parameters converted to the notebook's declared types; an undeclared name is an error."
-    declared = declared_parameters(notebook)
+def resolve_parameters(notebook: str | Path, given: dict, declared: dict | None = None) -> dict:
+    "The given parameters converted to the notebook's declared types (`declared`: read from it if not given); an undeclared name is an error."
+    declared = declared_parameters(notebook) if declared is None else declared
     unknown = sorted(set(given) - set(declared))
     if unknown:
         raise StepUsageError(f"{Path(notebook).name} does not declare parameter{'s' if len(unknown) > 1 else ''} "
@@ -104,11 +104,10 @@ def run_step(notebook: str | Path, output_notebook: str | Path, parameters: dict
     from mlops.timing import mark, phase
     mark("processing: imports done")
     notebook = _notebook_path(notebook)
-    parameters = dict(parameters or {})
-    job = processing_job()
-    if job and "execution_id" not in parameters and "execution_id" in declared_parameters(notebook):
+    parameters, declared, job = dict(parameters or {}), declared_parameters(notebook), processing_job()
+    if job and "execution_id" not in parameters and "execution_id" in declared:
         parameters["execution_id"] = execution_id_of_job(job.get("ProcessingJobName", ""))
-    parameters = resolve_parameters(notebook, parameters)
+    parameters = resolve_parameters(notebook, parameters, declared)
     output_notebook = Path(output_notebook)
     output_notebook.parent.mkdir(parents=True, exist_ok=True)
     # papermill saves as it goes: run into a temporary name and rename, so the report is whole or absent

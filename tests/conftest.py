@@ -36,3 +36,13 @@ def tiny_data(root: Path) -> Path:
     demo_data(n_items=6, periods=120).to_csv(root / "train.csv", index=False)
     demo_data(n_items=6, periods=120, future_periods=7).to_csv(root / "future.csv", index=False)
     return root
+
+
+def private_workspace(root: Path) -> dict:
+    "A private MLOPS_HOME under `root`, its own copy of the step notebooks, and tiny data: what a suite that runs `mlops` needs."
+    import shutil
+    from mlops.config import project_root
+    tiny_data(root)
+    shutil.copytree(project_root() / "nbs" / "processing", root / "notebooks")
+    return {"root": root, "home": root / "home",
+            "env": {"MLOPS_HOME": str(root / "home"), "MLOPS_NOTEBOOKS_DIR": str(root / "notebooks")}}

@@ -7,7 +7,6 @@ EventBridge": https://docs.aws.amazon.com/sagemaker/latest/dg/automating-sagemak
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -15,8 +14,7 @@ import time
 import nbformat
 import pytest
 
-from conftest import MLOPS, TINY, run_mlops, tiny_data
-from mlops.config import project_root
+from conftest import MLOPS, TINY, private_workspace, run_mlops
 
 # AWS's documented examples (abridged to their keys and fixed values)
 DOCUMENTED_EXECUTION_EVENT = {
@@ -94,11 +92,7 @@ def ran(steps, before=None) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("events")
-    tiny_data(root)
-    shutil.copytree(project_root() / "nbs" / "processing", root / "notebooks")
-    return {"root": root, "home": root / "home",
-            "env": {"MLOPS_HOME": str(root / "home"), "MLOPS_NOTEBOOKS_DIR": str(root / "notebooks")}}
+    return private_workspace(tmp_path_factory.mktemp("events"))
 
 
 def mlops(workspace, *args):

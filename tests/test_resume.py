@@ -3,7 +3,6 @@ execution registers its model once, one process continues an execution, resume r
 and keeps the execution's options; a bad --definition file is one error. Real parts: sqlite MLflow, subprocesses, SIGKILL."""
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,8 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import MLOPS, TINY, run_mlops, tiny_data
-from mlops.config import project_root
+from conftest import MLOPS, TINY, private_workspace, run_mlops
 from mlops.engine.execution import Execution
 from mlops.engine.records import Records
 
@@ -24,11 +22,7 @@ GROUP = "deepar-forecast"
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     "A private MLOPS_HOME, its own copy of the step notebooks, tiny data (6 items × 120 days; 7 future days for inference)."
-    root = tmp_path_factory.mktemp("resume")
-    tiny_data(root)
-    shutil.copytree(project_root() / "nbs" / "processing", root / "notebooks")
-    return {"root": root, "home": root / "home",
-            "env": {"MLOPS_HOME": str(root / "home"), "MLOPS_NOTEBOOKS_DIR": str(root / "notebooks")}}
+    return private_workspace(tmp_path_factory.mktemp("resume"))
 
 
 def mlops(workspace, *args):
