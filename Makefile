@@ -21,7 +21,11 @@ run: $(STAMP)
 	$(BIN)/mlops run
 
 test: $(STAMP) check-export check-clean render-check nbdev-test pytest regression
+	$(PY) -m mlops.engine.forkserver stop --all
 	@echo "all checks passed"
+
+# a fork server that a check's `mlops run` starts ends a minute after its last job (and `test` stops them at the end)
+test nbdev-test pytest regression: export MLOPS_FORKSERVER_IDLE = 60
 
 # the package and the notebooks must already agree: exporting and cleaning change nothing
 check-export: $(STAMP)

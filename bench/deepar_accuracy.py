@@ -124,20 +124,21 @@ def auto_ets_metrics(test_dir: Path, horizon: int, season: int) -> dict:
     return forecast_metrics(np.stack(actuals), np.stack(paths), DEFAULT_QUANTILES)
 
 
-def train_child(folder: Path, hp: dict) -> dict:
+def train_child(folder: Path, hp: dict, seed: int) -> dict:
     "Runs in the child process: train on the channels, report metrics, wall and CPU time and peak memory."
     import torch, gluonts.torch.model.deepar  # noqa: F401  (imported before the clocks start: the budget is training's)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = usage.ru_utime + usage.ru_stime
     started = time.perf_counter()
     losses = []
-    metrics = train(hp, folder / "train", folder / "test", folder / "model", folder / "output", progress=losses.append)
+    metrics = train(hp, folder / "train", folder / "test", folder / "model", folder / "output", seed=seed, progress=losses.append)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"metrics": metrics, "seconds": time.perf_counter() - started, "epochs": len(losses),
             "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu_before, "peak_mb": usage.ru_maxrss / 1024}
 
 
-def run(name: str, changes: dict) -> dict:
+def run(name: str, changes: dict, seeds: int = 1) -> dict:
+    "The dataset's baselines, and DeepAR trained once per seed (0, 1, …): metrics are the means over the seeds."
     hp, spec = hyperparameters(name, changes), DATASETS[name]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -145,17 +146,24 @@ def run(name: str, changes: dict) -> dict:
         horizon = int(hp["prediction_length"])
         naive, naive_s, naive_cpu = _timed(lambda: seasonal_naive_metrics(folder / "test", horizon, spec["season"]))
         ets, ets_s, ets_cpu = _timed(lambda: auto_ets_metrics(folder / "test", horizon, spec["season"]))
-        child = subprocess.run([sys.executable, __file__, "--child", str(folder), json.dumps(hp)], capture_output=True, text=True)
-        if child.returncode != 0:
-            raise SystemExit(f"training {name} failed:\n{child.stderr}")
-        ours = json.loads(child.stdout.strip().splitlines()[-1])
+        trained = []
+        for seed in range(seeds):
+            child = subprocess.run([sys.executable, __file__, "--child", str(folder), json.dumps(hp), str(seed)],
+                                   capture_output=True, text=True)
+            if child.returncode != 0:
+                raise SystemExit(f"training {name} (seed {seed}) failed:\n{child.stderr}")
+            trained.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        ours = {"metrics": {k: float(np.mean([t["metrics"][k] for t in trained])) for k in trained[0]["metrics"]},
+                "per_seed": [t["metrics"]["test:mean_wQuantileLoss"] for t in trained],
+                **{k: float(np.median([t[k] for t in trained])) for k in ("seconds", "epochs", "cpu_seconds", "peak_mb")}}
         return {"name": name, "series": summary["series"], "horizon": horizon, "epochs_budget": int(hp["epochs"]), **ours,
                 "baselines": {"snaive point": (naive["point"], naive_s, naive_cpu), "snaive normal": (naive["normal"], naive_s, naive_cpu),
                               "AutoETS": (ets, ets_s, ets_cpu)}}
 
 
-def report(results: list[dict], changes: dict):
-    print("hyperparameters: the pipeline's defaults" + (f", changed: {changes}" if changes else "") +
+def report(results: list[dict], changes: dict, seeds: int = 1):
+    print(f"DeepAR: {'mean of seeds 0-' + str(seeds - 1) + ' (wall, CPU, epochs: medians)' if seeds > 1 else 'seed 0'}; "
+          "hyperparameters: the pipeline's defaults" + (f", changed: {changes}" if changes else "") +
           "; time_freq, prediction_length and context_length (2 x horizon) from the data")
     header = f"{'dataset':<11} {'model':<14} {'mean_wQL':>9} {'RMSE':>10} {'wQL/snaive-normal':>18} {'epochs':>9} {'wall s':>7} {'cpu s':>7}"
     print(header)
@@ -163,7 +171,7 @@ def report(results: list[dict], changes: dict):
     verdicts = []
     for r in results:
         reference = r["baselines"]["snaive normal"][0]["test:mean_wQuantileLoss"]
-        rows = [("DeepAR", r["metrics"], r["seconds"], r["cpu_seconds"], f"{r['epochs']}/{r['epochs_budget']}")]
+        rows = [("DeepAR", r["metrics"], r["seconds"], r["cpu_seconds"], f"{r['epochs']:.0f}/{r['epochs_budget']}")]
         rows += [(label, m, s, c, "") for label, (m, s, c) in r["baselines"].items()]
         for label, m, wall, cpu, epochs in rows:
             print(f"{r['name']:<11} {label:<14} {m['test:mean_wQuantileLoss']:>9.4f} {m['test:RMSE']:>10.2f} "
@@ -171,20 +179,21 @@ def report(results: list[dict], changes: dict):
         ours, ets = r["metrics"]["test:mean_wQuantileLoss"], r["baselines"]["AutoETS"][0]["test:mean_wQuantileLoss"]
         verdicts.append(f"{r['name']}: {'met' if ours <= 0.80 * reference and ours <= ets else 'NOT met'} "
                         f"(x{ours / reference:.3f} of seasonal naive normal, x{ours / ets:.3f} of AutoETS; DeepAR peak "
-                        f"{r['peak_mb']:.0f} MB)")
+                        f"{r['peak_mb']:.0f} MB" + (f"; per seed {', '.join(f'{w:.4f}' for w in r['per_seed'])}" if len(r["per_seed"]) > 1 else "") + ")")
     print("target: DeepAR mean_wQuantileLoss <= 0.80 x seasonal naive (normal) and <= AutoETS: " + "; ".join(verdicts))
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(train_child(Path(sys.argv[2]), json.loads(sys.argv[3]))))
+        print(json.dumps(train_child(Path(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--seeds", type=int, default=1, help="train with seeds 0..N-1; DeepAR's metrics are their means")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="change one hyperparameter (trials)")
     args = parser.parse_args()
     changes = dict(item.split("=", 1) for item in args.set)
-    report([run(name, changes) for name in args.datasets], changes)
+    report([run(name, changes, args.seeds) for name in args.datasets], changes, args.seeds)
 
 
 if __name__ == "__main__":

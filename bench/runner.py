@@ -18,6 +18,10 @@ records anyway and from the opt-in timing hook (MLOPS_TIMINGS=FILE, see mlops/ti
 Compute = the feature notebook's non-import cells + DeepAR training; orchestration overhead = wall time − compute.
 Targets: overhead ≤ 15 % of the wall time, fully cached re-run ≤ 5 % of the first (stretch ≤ 10 %).
 
+Two columns for this checkout, in the same rounds: with its fork server warm (mlops.engine.forkserver: started and
+ready before the rounds, as a previous run leaves it; the loop a data scientist repeats) and with none
+(MLOPS_FORKSERVER=0: the first run of the day, every process started fresh). CPU time counts the command, its
+processes and the jobs the fork server forked for it (the server's reaped children).
 `--baseline ROOT` runs another checkout of the project (e.g. the main branch) in the same rounds, interleaved, so
 before and after are measured under the same load and printed side by side.
 
@@ -79,16 +83,38 @@ def training_imports(root: Path) -> float:
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout)
 
 
-def run(root: Path, home: Path, timings: Path, args: list[str]) -> tuple[float, float, float]:
-    "(launch time, exit time, CPU seconds of the command and its children) of one `mlops run` of the checkout at `root`."
-    env = {**os.environ, "MLOPS_HOME": str(home), "MLOPS_TIMINGS": str(timings), "PYTHONPATH": str(root), "COLUMNS": "200"}
-    before = os.times()
+def environment(root: Path, forkserver: bool) -> dict:
+    return {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "200", "MLOPS_FORKSERVER": "1" if forkserver else "0"}
+
+
+def server_children_cpu(env: dict) -> float:
+    "CPU seconds of the children the fork server of `env` has reaped so far (0 without a server)."
+    code = "from mlops.engine.forkserver import server_pid; print(server_pid() or 0)"
+    pid = int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() or 0)
+    if not pid: return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime, cstime
+
+
+def warm_server(root: Path):
+    "Start the fork server of `root`'s environment (as the end of a run does) and wait until it takes jobs."
+    env = environment(root, True)
+    code = ("import time; from mlops.engine.forkserver import ensure_running, server_pid\nensure_running()\n"
+            "while server_pid() is None: time.sleep(0.2)")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+
+
+def run(root: Path, home: Path, timings: Path, args: list[str], forkserver: bool) -> tuple[float, float, float]:
+    "(launch time, exit time, CPU seconds of the command, its children and its forked jobs) of one `mlops run` at `root`."
+    env = {**environment(root, forkserver), "MLOPS_HOME": str(home), "MLOPS_TIMINGS": str(timings)}
+    before, served = os.times(), server_children_cpu(env) if forkserver else 0.0
     launched = time.time()
     result = subprocess.run([MLOPS, "run", *args], capture_output=True, text=True, env=env, cwd=root)
     exited, after = time.time(), os.times()
     if result.returncode != 0:
         raise SystemExit(f"mlops run failed ({root}):\n{result.stdout}\n{result.stderr}")
-    return launched, exited, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    forked = server_children_cpu(env) - served if forkserver else 0.0
+    return launched, exited, (after.children_user - before.children_user) + (after.children_system - before.children_system) + forked
 
 
 def marks(timings: Path) -> dict[str, dict]:
@@ -121,12 +147,12 @@ def phases_of_first_run(home: Path, launched: float, exited: float, timings: Pat
             }
 
 
-def one_round(root: Path, args: list[str], imports: float) -> dict[str, float]:
+def one_round(root: Path, args: list[str], imports: float, forkserver: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         home, timings = Path(tmp) / "home", Path(tmp) / "timings.jsonl"
-        launched, exited, cpu = run(root, home, timings, args)
+        launched, exited, cpu = run(root, home, timings, args, forkserver)
         phases = phases_of_first_run(home, launched, exited, timings, imports)
-        relaunched, reexited, recpu = run(root, home, Path(tmp) / "cached.jsonl", args)
+        relaunched, reexited, recpu = run(root, home, Path(tmp) / "cached.jsonl", args, forkserver)
         db = sqlite3.connect(home / "runs.db")
         cached = [n for n, c in db.execute("SELECT name, cached_from FROM steps WHERE execution_id = "
                                            "(SELECT id FROM executions ORDER BY started DESC LIMIT 1)") if c]
@@ -143,19 +169,21 @@ def main():
     parser.add_argument("--baseline", type=Path, help="root of another checkout, run in the same rounds (before)")
     options = parser.parse_args()
     args = [a for p in options.parameter for a in ("-p", p)]
-    roots = {"this checkout": HERE} | ({"baseline": options.baseline.resolve()} if options.baseline else {})
+    roots = {"fork server warm": (HERE, True), "no fork server": (HERE, False)} | \
+            ({"baseline": (options.baseline.resolve(), False)} if options.baseline else {})
     imports = training_imports(HERE)
+    warm_server(HERE)
     results = {name: [] for name in roots}
     for number in range(options.rounds):
-        for name, root in roots.items():
-            results[name].append(one_round(root, args, imports))
+        for name, (root, forkserver) in roots.items():
+            results[name].append(one_round(root, args, imports, forkserver))
             print(f"round {number + 1}/{options.rounds}, {name}: {results[name][-1]['wall']:.1f} s, cached re-run "
                   f"{results[name][-1]['cached']:.1f} s", file=sys.stderr, flush=True)
     median = {name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in results.items()}
     names = list(roots)
     print(f"mlops run (training pipeline, demo data{', ' + ' '.join(options.parameter) if options.parameter else ''}): "
           f"medians of {options.rounds} rounds, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"  {'':46}" + "".join(f"{n:>22}" for n in names))
+    print(f"  {'':46}" + "".join(f"{n:>22}" for n in names) + f"   (this checkout: {HERE.name})")
     def row(label, key, ratio_of=None):
         cells = []
         for n in names:

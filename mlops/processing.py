@@ -19,7 +19,8 @@ from .files import atomic_replace
 
 # %% auto #0
 __all__ = ['PROCESSING_JOB_CONFIG', 'StepUsageError', 'declared_parameters', 'resolve_parameters', 'processing_job',
-           'execution_id_of_job', 'StepFailed', 'started_kernel', 'run_step', 'notebook_imports', 'main']
+           'execution_id_of_job', 'StepFailed', 'forked_kernel_specs', 'started_kernel', 'run_step', 'notebook_imports',
+           'main']
 
 # %% ../nbs/03_processing.ipynb #584b8abc
 class StepUsageError(ValueError):
@@ -82,14 +83,32 @@ def _notebook_path(notebook: str | Path) -> Path:
         except FileNotFoundError as e: raise StepUsageError(str(e)) from None
     raise StepUsageError(f"notebook not found: {notebook}. Fix: give the path of a step notebook, or its name (e.g. feature_engineering).")
 
+def forked_kernel_specs():
+    """A kernel spec manager whose Python kernels of this interpreter are forked from the fork server (IPython, pandas…
+    already loaded: `python -m mlops.engine.forkserver kernel`, which stands for the kernel); None without a server."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from mlops.engine.forkserver import enabled, socket_path
+    if not enabled() or not socket_path().exists(): return None
+    ours = {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2], sys.executable}
+
+    class ForkedKernelSpecs(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            spec = super().get_kernel_spec(kernel_name)
+            if spec.argv[:1] and spec.argv[0] in ours and spec.argv[1:3] == ["-m", "ipykernel_launcher"]:
+                spec.argv = [spec.argv[0], "-m", "mlops.engine.forkserver", "kernel", *spec.argv[3:]]
+            return spec
+    return ForkedKernelSpecs()
+
 @contextmanager
 def started_kernel(kernel_name: str = "python3"):
-    "A Jupyter kernel started now (its manager), shut down when the block ends."
+    "A Jupyter kernel started now (its manager), shut down when the block ends; forked from the fork server if one is ready."
     from jupyter_client.manager import KernelManager
     from mlops.timing import phase
     with tempfile.TemporaryDirectory(prefix="mlops-kernel-") as ipc_dir:
         # IPC sockets in a private folder: no TCP ports, and no "running over TCP without encryption" warning
-        kernel_manager = KernelManager(kernel_name=kernel_name, transport="ipc", ip=os.path.join(ipc_dir, "kernel"))
+        specs = forked_kernel_specs()
+        kernel_manager = KernelManager(kernel_name=kernel_name, transport="ipc", ip=os.path.join(ipc_dir, "kernel"),
+                                       **({"kernel_spec_manager": specs} if specs else {}))
         try:
             with phase("processing: kernel start"): kernel_manager.start_kernel()
             yield kernel_manager

@@ -26,6 +26,25 @@ def run_mlops(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
                           env={**os.environ, "COLUMNS": "200", **home, **(env or {})})
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_fork_servers():
+    "The fork servers that the suite's `mlops run` start are its own (a private runtime folder), stopped at the end."
+    import shutil, tempfile
+    folder, before = tempfile.mkdtemp(prefix="fs"), {k: os.environ.get(k) for k in ("XDG_RUNTIME_DIR", "MLOPS_FORKSERVER_IDLE")}
+    os.environ.update(XDG_RUNTIME_DIR=folder, MLOPS_FORKSERVER_IDLE="120")
+    yield
+    subprocess.run([sys.executable, "-m", "mlops.engine.forkserver", "stop", "--all"], capture_output=True, timeout=60)
+    for key, value in before.items():
+        if value is None: os.environ.pop(key, None)
+        else: os.environ[key] = value
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# a suite that kills `mlops run` at a precise moment runs it in its own process: run in the fork server, it would end a
+# moment after its command (the server kills it when the command goes; tests/test_forkserver.py)
+IN_ITS_OWN_PROCESS = {"MLOPS_FORKSERVER": "0"}
+
+
 # the pipeline's parameters for a training run of a few seconds on tiny data (one copy for every end-to-end suite)
 TINY = ["-p", "Epochs=1", "-p", "NumCells=8", "-p", "NumLayers=1", "-p", "MiniBatchSize=32", "-p", "NumEvalSamples=20",
         "-p", "PredictionLength=7", "-p", "ContextLength=14", "-p", "QualityThreshold=10"]

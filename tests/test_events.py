@@ -14,7 +14,7 @@ import time
 import nbformat
 import pytest
 
-from conftest import MLOPS, TINY, private_workspace, run_mlops
+from conftest import IN_ITS_OWN_PROCESS, MLOPS, TINY, private_workspace, run_mlops
 
 # AWS's documented examples (abridged to their keys and fixed values)
 DOCUMENTED_EXECUTION_EVENT = {
@@ -186,8 +186,8 @@ def test_a_killed_execution_resumed_goes_on_from_stopped(workspace):
     before = set(execution_ids(workspace)) if (workspace["home"] / "events.jsonl").is_file() else set()
     args = [a if a != "Epochs=1" else "Epochs=3" for a in TINY]
     process = subprocess.Popen([*MLOPS, "run", "--data", workspace["root"] / "train.csv", *args, "--no-cache"], cwd=workspace["root"],
-                               env={**os.environ, **workspace["env"]}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               env={**os.environ, **workspace["env"], **IN_ITS_OWN_PROCESS}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 240
     while not any(c == ("TrainDeepAR", None, "Executing") for c in changes(events_of(workspace)[-3:])):
         assert process.poll() is None and time.time() < deadline, process.communicate()

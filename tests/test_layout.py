@@ -35,7 +35,7 @@ def test_definition_depends_on_nothing_of_ours_but_config_files_and_deepar_rules
 
 def test_nothing_imports_the_cli():
     for path in PACKAGE.rglob("*.py"):
-        if path.relative_to(PACKAGE).parts[0] in ("cli", "cli.py", "_modidx.py"): continue
+        if path.relative_to(PACKAGE).parts[0] in ("cli", "cli.py", "__main__.py", "_modidx.py"): continue  # the command and its front door
         text = path.read_text()
         assert "mlops.cli" not in text and "from .cli" not in text, path
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import MLOPS, TINY, private_workspace, run_mlops
+from conftest import IN_ITS_OWN_PROCESS, MLOPS, TINY, private_workspace, run_mlops
 from mlops.engine.execution import Execution
 from mlops.engine.records import Records
 
@@ -30,7 +30,8 @@ def mlops(workspace, *args):
 
 
 def start(workspace, *args) -> subprocess.Popen:
-    return subprocess.Popen([*MLOPS, *map(str, args)], cwd=workspace["root"], env={**os.environ, "COLUMNS": "200", **workspace["env"]},
+    return subprocess.Popen([*MLOPS, *map(str, args)], cwd=workspace["root"],
+                            env={**os.environ, "COLUMNS": "200", **workspace["env"], **IN_ITS_OWN_PROCESS},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -41,6 +42,7 @@ def latest(workspace) -> Execution:
 def versions(workspace, execution_id=None) -> list[int]:
     "The model versions in the MLflow registry (of one execution: its tag), read from the sqlite file itself."
     with sqlite3.connect(workspace["home"] / "mlflow.db") as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name='model_version_tags'").fetchall(): return []  # being created
         if execution_id is None: return [r[0] for r in db.execute("SELECT version FROM model_versions WHERE name=?", (GROUP,))]
         return [r[0] for r in db.execute("SELECT version FROM model_version_tags WHERE name=? AND key='mlops.execution_id' "
                                          "AND value=?", (GROUP, execution_id))]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MLOPS, TINY, run_mlops, tiny_data
+from conftest import IN_ITS_OWN_PROCESS, MLOPS, TINY, run_mlops, tiny_data
 from mlops.engine.execution import Execution
 from mlops.engine.records import Records
 from mlops.steps import declared_steps
@@ -130,7 +130,7 @@ def test_selective_run_executes_only_the_named_step(workspace, trained):
 def test_sigkill_during_training_then_resume(workspace, trained):
     home = Path(workspace["env"]["MLOPS_HOME"])
     process = subprocess.Popen([*MLOPS, "run", "--data", str(workspace["root"] / "train.csv"), *TINY, "--no-cache"],
-                               cwd=workspace["root"], env={**os.environ, **workspace["env"]},
+                               cwd=workspace["root"], env={**os.environ, **workspace["env"], **IN_ITS_OWN_PROCESS},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     execution_id = None

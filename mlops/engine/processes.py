@@ -22,9 +22,20 @@ __all__ = ['prestart_early', 'Processes', 'run_command']
 _EARLY: dict[str, subprocess.Popen] = {}  # module -> a worker started before its execution
 _EARLY_LOCK = threading.Lock()
 
-def _start_worker(module: str, cwd: Path | None = None) -> subprocess.Popen:
+def _start_worker(module: str, cwd: Path | None = None):
+    "`python -m <module> warm`: forked by the fork server if one is ready (its libraries already loaded), else started."
+    from mlops.engine.forkserver import spawn
+    if forked := spawn([module, "warm"], cwd or os.getcwd()): return forked
     return subprocess.Popen([sys.executable, "-m", module, "warm"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=cwd)
+
+def _start(command: list[str], folder: Path, env: dict | None):
+    "Start `command` in `folder`: a `python -m` command is forked by the fork server if one is ready."
+    environment = {**os.environ, **(env or {})}
+    if command[:2] == [sys.executable, "-m"]:
+        from mlops.engine.forkserver import spawn
+        if forked := spawn(command[2:], folder, environment, stdin=0): return forked  # stdin: ours, as Popen's
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, cwd=folder)
 
 def prestart_early(modules) -> None:
     """Start the workers of `modules` now, before the execution that will use them exists (while the caller still
@@ -44,6 +55,7 @@ class Processes:
     "The subprocesses of one execution: registered while they run, stopped together, and prestarted workers."
     def __init__(self, folder: Path):
         self.folder, self._running, self._workers, self._lock = folder, set(), {}, threading.Lock()
+        self.stopping = False  # set by `stop`: a job that ends now was stopped, whatever its exit status
         with _EARLY_LOCK:  # workers started before this execution existed (`prestart_early`) are its own
             self._workers.update(_EARLY); self._running.update(_EARLY.values()); _EARLY.clear()
 
@@ -56,6 +68,7 @@ class Processes:
     def stop(self):
         "Terminate every running subprocess (the execution is being stopped)."
         with self._lock:
+            self.stopping = True
             for process in self._running: process.terminate()
 
     def prestart(self, module: str):
@@ -99,11 +112,11 @@ def run_command(command: list[str], folder: Path, name: str, processes: Processe
         process = _hand_over(warm, command[3:], env, folder)
         if warm is not None and process is None: processes.discard(warm)  # it died: start cold
         if process is not None:
+            how = "its libraries are loaded" if isinstance(process, subprocess.Popen) else "forked from the fork server: its libraries are loaded"
             log_file.write(f"[mlops] {' '.join(command[2:4])}: runs in a worker prestarted before it was needed "
-                           f"(its libraries are loaded; pid {process.pid})\n")
+                           f"({how}; pid {process.pid})\n")
         else:
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                       env={**os.environ, **(env or {})}, cwd=folder)
+            process = _start(command, folder, env)
         processes.add(process)
         try:
             last = ""

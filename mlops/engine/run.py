@@ -134,10 +134,15 @@ def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: s
         state.records.save_step(state.id, spec.name, spec.type, "Executing", started, None, attempt, None, None, key)
         try:
             properties, ended = executor.run(run), time.time()
+            if state.processes.stopping:  # its job was told to stop: whatever it wrote is not a result (nor a cache entry)
+                raise StepError(f"{spec.name}: stopped by the user")
             state.records.save_step(state.id, spec.name, spec.type, "Succeeded", started, ended, attempt, None, properties, key)
             return StepResult(spec.name, spec.type, "Succeeded", started, ended, attempt, None, properties)
         except Exception as e:  # a step's failure is recorded, never a crash of the engine
             error = e if isinstance(e, StepError) else StepError(f"{spec.name}: {type(e).__name__}: {e}", "ClientError")
+            if state.processes.stopping:  # stopped, not failed: no retry
+                state.records.save_step(state.id, spec.name, spec.type, "Stopped", started, time.time(), attempt, "stopped by the user", None, None)
+                return StepResult(spec.name, spec.type, "Stopped", started, time.time(), attempt, "stopped by the user")
             delay, ended = retry_delay(spec, error, attempt, first_started), time.time()
             state.records.save_step(state.id, spec.name, spec.type, "Failed", started, ended, attempt, str(error), None, key)
             if delay is None: return StepResult(spec.name, spec.type, "Failed", started, ended, attempt, str(error))
@@ -214,20 +219,24 @@ def _schedule(state: ExecutionState, plan: Plan, max_parallel: int, use_cache: b
     pending = {n: s for n, s in plan.specs.items() if n not in plan.finished}
     workers = {d: e.worker for s in plan.specs.values() if (e := executors.find(s.type, s.arguments)) and e.worker for d in s.depends_on}
     with ThreadPoolExecutor(max_workers=max(1, max_parallel)) as pool:
-        running = {}
-        while pending or running:
-            for spec in (plan.ready(pending) if failure is None else []):
-                if len(running) >= max(1, max_parallel): break
-                running[pool.submit(execute_step, state, spec, use_cache, code, workers.get(spec.name))] = spec.name
-                del pending[spec.name]
-            if not running: break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                result = future.result(); del running[future]
-                kind = "step-cached" if result.cached_from else "step-succeeded" if result.status == "Succeeded" else "step-failed"
-                state.emit(kind, result)
-                if result.status == "Succeeded": state.context.steps[result.name] = plan.finished[result.name] = result.properties or {}
-                elif failure is None: failure = result.failure_reason
+        try:
+            running = {}
+            while pending or running:
+                for spec in (plan.ready(pending) if failure is None else []):
+                    if len(running) >= max(1, max_parallel): break
+                    running[pool.submit(execute_step, state, spec, use_cache, code, workers.get(spec.name))] = spec.name
+                    del pending[spec.name]
+                if not running: break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = future.result(); del running[future]
+                    kind = "step-cached" if result.cached_from else "step-succeeded" if result.status == "Succeeded" else "step-failed"
+                    state.emit(kind, result)
+                    if result.status == "Succeeded": state.context.steps[result.name] = plan.finished[result.name] = result.properties or {}
+                    elif failure is None: failure = result.failure_reason
+        except KeyboardInterrupt:  # stop the jobs now: leaving this block waits for the running steps to end
+            state.processes.stop()
+            raise
     return failure
 
 # %% ../../nbs/engine/07_run.ipynb #96b33ae1
