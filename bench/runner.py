@@ -40,7 +40,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-MLOPS = str(Path(sys.executable).parent / "mlops")
 HERE = Path(__file__).resolve().parents[1]
 PHASES = ["CLI start and imports", "definition and staging", "engine start", "FeatureEngineering: process, imports, kernel",
           "FeatureEngineering: notebook import cells", "FeatureEngineering: notebook compute",
@@ -104,12 +103,24 @@ def warm_server(root: Path):
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
 
 
+def console_script(root: Path) -> str:
+    "The `mlops` command of the checkout at `root`: its console script's entry point (older checkouts: mlops.cli:main)."
+    settings = (root / "settings.ini").read_text()
+    entry = next(l.split("mlops=", 1)[1].strip() for l in settings.splitlines() if l.startswith("console_scripts"))
+    module, function = entry.split(":")
+    script = Path(tempfile.gettempdir()) / f"mlops-bench-{module.replace('.', '-')}" / "mlops"  # named mlops, as installed
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
+    script.chmod(0o755)
+    return str(script)
+
+
 def run(root: Path, home: Path, timings: Path, args: list[str], forkserver: bool) -> tuple[float, float, float]:
     "(launch time, exit time, CPU seconds of the command, its children and its forked jobs) of one `mlops run` at `root`."
     env = {**environment(root, forkserver), "MLOPS_HOME": str(home), "MLOPS_TIMINGS": str(timings)}
     before, served = os.times(), server_children_cpu(env) if forkserver else 0.0
     launched = time.time()
-    result = subprocess.run([MLOPS, "run", *args], capture_output=True, text=True, env=env, cwd=root)
+    result = subprocess.run([console_script(root), "run", *args], capture_output=True, text=True, env=env, cwd=root)
     exited, after = time.time(), os.times()
     if result.returncode != 0:
         raise SystemExit(f"mlops run failed ({root}):\n{result.stdout}\n{result.stderr}")
