@@ -5,7 +5,6 @@
 # %% ../../nbs/engine/09_forkserver.ipynb #45f2e0d0
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -35,8 +34,11 @@ OWN_PACKAGE = "mlops"
 
 # %% ../../nbs/engine/09_forkserver.ipynb #a80a49be
 def enabled() -> bool:
-    "False when `MLOPS_FORKSERVER` is 0, false, no or off."
-    return os.environ.get("MLOPS_FORKSERVER", "1").strip().lower() not in ("0", "false", "no", "off")
+    "False when `MLOPS_FORKSERVER` is 0, false, no or off, or when there is no private folder for its socket."
+    if os.environ.get("MLOPS_FORKSERVER", "1").strip().lower() in ("0", "false", "no", "off"): return False
+    try: runtime_dir()
+    except OSError: return False
+    return True
 
 def _preload() -> tuple[str, ...]:
     "PRELOAD, or the comma-separated modules of MLOPS_FORKSERVER_PRELOAD (the tests use a light one)."
@@ -45,8 +47,13 @@ def _preload() -> tuple[str, ...]:
 
 def runtime_dir() -> Path:
     "The user's private folder for the server's socket and lock (XDG_RUNTIME_DIR, else the temporary folder)."
+    import stat
     folder = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"mlops-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
+    found = os.lstat(folder)  # ours alone: a caller sends its environment (credentials too) to whoever listens there
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o077:
+        raise PermissionError(f"{folder} is not a folder of this user's alone (mode 700); the fork server stays off. "
+                              "Fix: remove it, or set XDG_RUNTIME_DIR to a private folder.")
     return folder
 
 def server_key() -> str:
