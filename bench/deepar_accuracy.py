@@ -20,8 +20,10 @@ CPU time: wall time grows when other work shares the cores).
 
 Targets: mean_wQuantileLoss <= 0.80 x seasonal naive (normal) and <= AutoETS, on both datasets, each within about
 2 minutes of CPU. `--set NAME=VALUE` changes one hyperparameter for a trial (e.g. to compare with other settings).
+`--seeds N` trains with seeds 0..N-1 and reports DeepAR's mean metrics (and each seed's mean_wQL): one seed misleads,
+the spread between seeds is as large as most differences between settings.
 
-Usage: python bench/deepar_accuracy.py [--datasets tourism aus_retail] [--set NAME=VALUE ...]
+Usage: python bench/deepar_accuracy.py [--datasets tourism aus_retail] [--seeds 3] [--set NAME=VALUE ...]
 """
 import argparse
 import json
