@@ -34,7 +34,10 @@ OWN_PACKAGE = "mlops"
 
 # %% ../../nbs/engine/09_forkserver.ipynb #a80a49be
 def enabled() -> bool:
-    "False when `MLOPS_FORKSERVER` is 0, false, no or off, or when there is no private folder for its socket."
+    """False when `MLOPS_FORKSERVER` is 0, false, no or off, off Linux, or when there is no private folder for its socket.
+    (Python's documentation calls a fork without exec unsafe on macOS, where system frameworks may crash the child;
+    Windows has no fork: every job there is a fresh process.)"""
+    if not sys.platform.startswith("linux"): return False
     if os.environ.get("MLOPS_FORKSERVER", "1").strip().lower() in ("0", "false", "no", "off"): return False
     try: runtime_dir()
     except OSError: return False
