@@ -86,21 +86,20 @@ def environment(root: Path, forkserver: bool) -> dict:
     return {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "200", "MLOPS_FORKSERVER": "1" if forkserver else "0"}
 
 
-def server_children_cpu(env: dict) -> float:
-    "CPU seconds of the children the fork server of `env` has reaped so far (0 without a server)."
-    code = "from mlops.engine.forkserver import server_pid; print(server_pid() or 0)"
-    pid = int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() or 0)
-    if not pid: return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def server_children_cpu(server: int | None) -> float:
+    "CPU seconds of the children the fork server `server` (a pid) has reaped so far (0 without a server)."
+    if server is None: return 0.0
+    fields = Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime, cstime
 
 
-def warm_server(root: Path):
-    "Start the fork server of `root`'s environment (as the end of a run does) and wait until it takes jobs."
-    env = environment(root, True)
+def warm_server(root: Path) -> int:
+    "Start the fork server of `root`'s environment (as the end of a run does), wait until it takes jobs; its pid."
     code = ("import time; from mlops.engine.forkserver import ensure_running, server_pid\nensure_running()\n"
-            "while server_pid() is None: time.sleep(0.2)")
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+            "while server_pid() is None: time.sleep(0.2)\nprint(server_pid())")
+    done = subprocess.run([sys.executable, "-c", code], env=environment(root, True), check=True, timeout=300,
+                          capture_output=True, text=True)
+    return int(done.stdout.strip())
 
 
 def console_script(root: Path) -> str:
@@ -115,16 +114,17 @@ def console_script(root: Path) -> str:
     return str(script)
 
 
-def run(root: Path, home: Path, timings: Path, args: list[str], forkserver: bool) -> tuple[float, float, float]:
-    "(launch time, exit time, CPU seconds of the command, its children and its forked jobs) of one `mlops run` at `root`."
-    env = {**environment(root, forkserver), "MLOPS_HOME": str(home), "MLOPS_TIMINGS": str(timings)}
-    before, served = os.times(), server_children_cpu(env) if forkserver else 0.0
+def run(root: Path, script: str, server: int | None, home: Path, timings: Path, args: list[str]) -> tuple[float, float, float]:
+    """(launch time, exit time, CPU seconds of the command, its children and the jobs the fork server `server` forked for it)
+    of one `mlops run` (`script`) of the checkout at `root`; `server` None: with no fork server."""
+    env = {**environment(root, server is not None), "MLOPS_HOME": str(home), "MLOPS_TIMINGS": str(timings)}
+    before, served = os.times(), server_children_cpu(server)
     launched = time.time()
-    result = subprocess.run([console_script(root), "run", *args], capture_output=True, text=True, env=env, cwd=root)
+    result = subprocess.run([script, "run", *args], capture_output=True, text=True, env=env, cwd=root)
     exited, after = time.time(), os.times()
     if result.returncode != 0:
         raise SystemExit(f"mlops run failed ({root}):\n{result.stdout}\n{result.stderr}")
-    forked = server_children_cpu(env) - served if forkserver else 0.0
+    forked = server_children_cpu(server) - served
     return launched, exited, (after.children_user - before.children_user) + (after.children_system - before.children_system) + forked
 
 
@@ -158,12 +158,12 @@ def phases_of_first_run(home: Path, launched: float, exited: float, timings: Pat
             }
 
 
-def one_round(root: Path, args: list[str], imports: float, forkserver: bool) -> dict[str, float]:
+def one_round(root: Path, script: str, server: int | None, args: list[str], imports: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         home, timings = Path(tmp) / "home", Path(tmp) / "timings.jsonl"
-        launched, exited, cpu = run(root, home, timings, args, forkserver)
+        launched, exited, cpu = run(root, script, server, home, timings, args)
         phases = phases_of_first_run(home, launched, exited, timings, imports)
-        relaunched, reexited, recpu = run(root, home, Path(tmp) / "cached.jsonl", args, forkserver)
+        relaunched, reexited, recpu = run(root, script, server, home, Path(tmp) / "cached.jsonl", args)
         db = sqlite3.connect(home / "runs.db")
         cached = [n for n, c in db.execute("SELECT name, cached_from FROM steps WHERE execution_id = "
                                            "(SELECT id FROM executions ORDER BY started DESC LIMIT 1)") if c]
@@ -180,14 +180,13 @@ def main():
     parser.add_argument("--baseline", type=Path, help="root of another checkout, run in the same rounds (before)")
     options = parser.parse_args()
     args = [a for p in options.parameter for a in ("-p", p)]
-    roots = {"fork server warm": (HERE, True), "no fork server": (HERE, False)} | \
-            ({"baseline": (options.baseline.resolve(), False)} if options.baseline else {})
-    imports = training_imports(HERE)
-    warm_server(HERE)
+    imports, ours = training_imports(HERE), console_script(HERE)
+    roots = {"fork server warm": (HERE, ours, warm_server(HERE)), "no fork server": (HERE, ours, None)} | \
+            ({"baseline": (options.baseline.resolve(), console_script(options.baseline.resolve()), None)} if options.baseline else {})
     results = {name: [] for name in roots}
     for number in range(options.rounds):
-        for name, (root, forkserver) in roots.items():
-            results[name].append(one_round(root, args, imports, forkserver))
+        for name, (root, script, server) in roots.items():
+            results[name].append(one_round(root, script, server, args, imports))
             print(f"round {number + 1}/{options.rounds}, {name}: {results[name][-1]['wall']:.1f} s, cached re-run "
                   f"{results[name][-1]['cached']:.1f} s", file=sys.stderr, flush=True)
     median = {name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in results.items()}

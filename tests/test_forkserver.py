@@ -106,6 +106,23 @@ def test_a_job_ends_with_its_caller_and_by_signal(light_server, tmp_path):
     assert "gone with its caller" in out
 
 
+def test_a_stopped_server_takes_no_new_job_and_lets_the_running_ones_end(light_server, tmp_path):
+    env, server = light_server
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "waiter.py").write_text("import sys, time\nprint('started', flush=True)\ntime.sleep(1)\nsys.exit(5)\n")
+    out = in_env(env, textwrap.dedent(f"""
+        from mlops.engine.forkserver import spawn, stop
+        job = spawn(["waiter"], {str(tmp_path / "job")!r})
+        job.stdout.readline()
+        print("stopped", stop())
+        print("new job", spawn(["waiter"], {str(tmp_path / "job")!r}))
+        print("exit", job.wait())
+    """))
+    assert "stopped 1" in out and "new job None" in out
+    assert "exit 5" in out  # its own status, not a killed job's
+    assert server.wait(10) == 0
+
+
 def test_no_server_means_none_and_an_idle_server_ends():
     runtime = short_folder()
     env = server_env(runtime, MLOPS_FORKSERVER_IDLE="1")

@@ -96,13 +96,12 @@ def _forget_own_package():
 
 def run_job(request: dict) -> int:
     "In the forked child: become `python -m <module> <args>` in the request's folder and environment; the exit status."
-    import runpy, traceback
+    import atexit, importlib, runpy, threading, traceback
     for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP): signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.chdir(request["cwd"])
     os.environ.clear(); os.environ.update(request["env"])
     _fresh_streams(request.get("encoding", "utf-8"))
-    import atexit, importlib, threading
     atexit._clear()  # the exit handlers of the job, not the server's
     sys.argv = list(request["argv"])
     sys.path[0] = request.get("path0") or os.getcwd()  # `python -m` puts the working folder first; a script its own
@@ -134,14 +133,18 @@ def run_job(request: dict) -> int:
 def _idle_seconds() -> float:
     return float(os.environ.get("MLOPS_FORKSERVER_IDLE", "900"))
 
+def _line(conn: socket.socket, data: bytes = b"") -> bytes:
+    "Read from `conn` until a newline (after what `data` holds); ConnectionError if it closes before one."
+    while b"\n" not in data:
+        chunk = conn.recv(1 << 16)
+        if not chunk: raise ConnectionError("the connection closed before the end of the line")
+        data += chunk
+    return data
+
 def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
     "One request: its JSON line and the descriptors sent with it."
     data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
-    while not data.endswith(b"\n"):
-        more = conn.recv(1 << 16)
-        if not more: raise ConnectionError("the request ended early")
-        data += more
-    return json.loads(data), fds
+    return json.loads(_line(conn, data)), fds
 
 def _fork(request: dict, fds: list[int]) -> int:
     "Fork the job's child; in the parent, its pid."
@@ -161,7 +164,8 @@ def _fork(request: dict, fds: list[int]) -> int:
     return pid
 
 def serve(path: Path | None = None) -> int:
-    "Run the server at `path` until it has been idle for MLOPS_FORKSERVER_IDLE seconds (or SIGTERM)."
+    """Run the server at `path` until it has been idle for MLOPS_FORKSERVER_IDLE seconds, or SIGTERM (then it takes no new
+    job and ends when its running jobs have: their callers still get their exit status)."""
     import fcntl, gc, importlib, selectors
     path = path or socket_path()
     lock = open(path.with_suffix(".lock"), "a+")
@@ -188,10 +192,11 @@ def serve(path: Path | None = None) -> int:
     jobs: dict[int, socket.socket] = {}  # pid -> its caller's connection
     last = time.monotonic()
     try:
-        while not stopping:
+        while jobs or (not stopping and _idle_seconds() > time.monotonic() - last):
+            if stopping and listener.fileno() >= 0:  # stopped: no new job, the running ones to their end
+                selector.unregister(listener); path.unlink(missing_ok=True); listener.close()
             idle = _idle_seconds() - (time.monotonic() - last)
-            if not jobs and idle <= 0: break
-            for key, _ in selector.select(timeout=None if jobs else idle):
+            for key, _ in selector.select(timeout=None if jobs or stopping else idle):
                 if key.fileobj is wakeup_r:
                     wakeup_r.recv(4096)
                 elif key.fileobj is listener:
@@ -237,7 +242,7 @@ class ForkedProcess:
         try:
             while b"\n" not in self._buffer:
                 chunk = self._conn.recv(64)
-                if not chunk: self._buffer += b"exit -9\n"; break  # the server died: so did its jobs
+                if not chunk: self._buffer += b"exit -9\n"; break  # the server was killed: the job's status is lost
                 self._buffer += chunk
         except BlockingIOError: return None
         self.returncode = int(self._buffer.split(b"\n", 1)[0].split()[1])
@@ -283,12 +288,7 @@ def spawn(argv: list[str], cwd: str | Path, env: dict | None = None, stdin=None,
                "encoding": sys.getfilesystemencoding(), "entry": entry, "path0": path0}
     try:
         socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [stdin, stdout, stderr])
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = conn.recv(64)
-            if not chunk: raise ConnectionError("the server closed the connection")
-            reply += chunk
-        pid = int(reply.split()[1])
+        pid = int(_line(conn).split()[1])
     except (OSError, ValueError, IndexError, ConnectionError):
         conn.close()
         for _, f in ours: f.close()
@@ -326,7 +326,7 @@ def server_pid(path: Path | None = None, timeout: float = 5.0) -> int | None:
     return pid or None
 
 def stop(every: bool = False, wait: float = 5.0) -> int:
-    "End this environment's server (`every`: every server of this user) now; their running jobs go on. How many there were."
+    "Stop this environment's server (`every`: every server of this user): no new job; running ones end as they would. How many."
     stopped = 0
     for path in sorted(runtime_dir().glob("forkserver-*.sock")) if every else [socket_path()]:
         if (pid := server_pid(path, wait)) is None: continue

@@ -22,20 +22,19 @@ __all__ = ['prestart_early', 'Processes', 'run_command']
 _EARLY: dict[str, subprocess.Popen] = {}  # module -> a worker started before its execution
 _EARLY_LOCK = threading.Lock()
 
-def _start_worker(module: str, cwd: Path | None = None):
-    "`python -m <module> warm`: forked by the fork server if one is ready (its libraries already loaded), else started."
-    from mlops.engine.forkserver import spawn
-    if forked := spawn([module, "warm"], cwd or os.getcwd()): return forked
-    return subprocess.Popen([sys.executable, "-m", module, "warm"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=cwd)
-
-def _start(command: list[str], folder: Path, env: dict | None):
-    "Start `command` in `folder`: a `python -m` command is forked by the fork server if one is ready."
+def _start(command: list[str], cwd: Path | None, env: dict | None = None, stdin_pipe: bool = False):
+    """Start `command` in `cwd`, its output on a text pipe (`stdin_pipe`: its input too, else ours): a `python -m` command
+    is forked by the fork server if one is ready (its libraries already loaded), anything else started as a process."""
     environment = {**os.environ, **(env or {})}
     if command[:2] == [sys.executable, "-m"]:
         from mlops.engine.forkserver import spawn
-        if forked := spawn(command[2:], folder, environment, stdin=0): return forked  # stdin: ours, as Popen's
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, cwd=folder)
+        if forked := spawn(command[2:], cwd or os.getcwd(), environment, stdin=None if stdin_pipe else 0): return forked
+    return subprocess.Popen(command, stdin=subprocess.PIPE if stdin_pipe else None, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=environment, cwd=cwd)
+
+def _start_worker(module: str, cwd: Path | None = None):
+    "`python -m <module> warm`, which takes its job on stdin."
+    return _start([sys.executable, "-m", module, "warm"], cwd, stdin_pipe=True)
 
 def prestart_early(modules) -> None:
     """Start the workers of `modules` now, before the execution that will use them exists (while the caller still

@@ -141,8 +141,9 @@ def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: s
         except Exception as e:  # a step's failure is recorded, never a crash of the engine
             error = e if isinstance(e, StepError) else StepError(f"{spec.name}: {type(e).__name__}: {e}", "ClientError")
             if state.processes.stopping:  # stopped, not failed: no retry
-                state.records.save_step(state.id, spec.name, spec.type, "Stopped", started, time.time(), attempt, "stopped by the user", None, None)
-                return StepResult(spec.name, spec.type, "Stopped", started, time.time(), attempt, "stopped by the user")
+                now = time.time()
+                state.records.save_step(state.id, spec.name, spec.type, "Stopped", started, now, attempt, "stopped by the user", None, None)
+                return StepResult(spec.name, spec.type, "Stopped", started, now, attempt, "stopped by the user")
             delay, ended = retry_delay(spec, error, attempt, first_started), time.time()
             state.records.save_step(state.id, spec.name, spec.type, "Failed", started, ended, attempt, str(error), None, key)
             if delay is None: return StepResult(spec.name, spec.type, "Failed", started, ended, attempt, str(error))
