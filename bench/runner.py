@@ -129,8 +129,9 @@ def run(root: Path, script: str, server: int | None, home: Path, timings: Path, 
 
 
 def marks(timings: Path) -> dict[str, dict]:
-    if not timings.exists(): return {}
-    return {m["phase"]: m for m in map(json.loads, timings.read_text().splitlines())}
+    "The marks of a run by phase (an older checkout writes none)."
+    from mlops.timing import read_timings
+    return {m["phase"]: m for m in read_timings(timings)} if timings.exists() else {}
 
 
 def phases_of_first_run(home: Path, launched: float, exited: float, timings: Path, imports: float) -> dict[str, float]:
