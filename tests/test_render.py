@@ -19,7 +19,8 @@ from conftest import MLOPS
 from mlops.config import EXAMPLE_ACCOUNT_ID, TEMPLATE_KEYS, project_root
 from mlops.definition.graph import all_steps, located_steps
 from mlops.definition.templates import KEYS_FILE, FillError, example_values, fill_definition
-from mlops.definition.validate import (SCHEMA_OVERLAY, DefinitionInvalid, sagemaker_service_model, validate_definition,
+from mlops.definition.shapes import service_model
+from mlops.definition.validate import (SCHEMA_OVERLAY, DefinitionInvalid, validate_definition,
                                        validate_file)
 from mlops.render import CLOUDFORMATION_FILE, FINGERPRINT_FILE, TEMPLATE_FILES, fill, render
 
@@ -292,12 +293,12 @@ def params(definition, name):
 
 
 RULES = {
-    # schema
+    # schema (the pipeline's own fields), and each step's members (the SDK's step types)
     "unknown top-level field": (lambda d, s: d.update(Extra=1), None, "", "schema", "Extra"),
-    "unknown step type": (lambda d, s: s["TrainDeepAR"].update(Type="Trainning"), "TrainDeepAR", "{TrainDeepAR}/Type", "schema", "unknown step type"),
-    "bad step name": (lambda d, s: s["QualityTooLow"].update(Name="Quality too low!"), "Quality too low!", "{QualityTooLow}/Name", "schema", "does not match"),
+    "unknown step type": (lambda d, s: s["TrainDeepAR"].update(Type="Trainning"), "TrainDeepAR", "{TrainDeepAR}/Type", "step", "unknown step type"),
+    "bad step name": (lambda d, s: s["QualityTooLow"].update(Name="Quality too low!"), "Quality too low!", "{QualityTooLow}/Name", "step", "does not match"),
     "bad retry policy": (lambda d, s: s["TrainDeepAR"]["RetryPolicies"][0].update(ExceptionType=["Step.OOPS"]), "TrainDeepAR",
-                         "{TrainDeepAR}/RetryPolicies/0/ExceptionType", "schema", "Step.OOPS"),
+                         "{TrainDeepAR}/RetryPolicies/0/ExceptionType", "step", "Step.OOPS"),
     "parameter default of the wrong type": (lambda d, s: params(d, "TestWindows").update(DefaultValue="one"), None,
                                             "{Parameters.TestWindows}/DefaultValue", "schema", "is not of type 'integer'"),
     # SageMaker API (botocore)
@@ -361,9 +362,13 @@ def test_validate_reports_invalid_json_with_line_and_column(tmp_path):
     assert result.returncode == 1 and "line 2" in result.stderr
 
 
-def test_each_overlay_entry_cites_a_real_api_shape():
-    model = sagemaker_service_model()
+def test_each_overlay_entry_cites_a_real_api_shape_or_sdk_source():
+    import sagemaker
+    model = service_model()
     for entry in SCHEMA_OVERLAY:
+        if entry.cites.startswith("sdk:"):  # the SDK file that writes the field, in the installed packages
+            assert (Path(sagemaker.__path__[0]) / entry.cites[len("sdk:"):]).exists(), entry.cites
+            continue
         shape, _, member = entry.cites.partition(".")
         assert shape in model.shape_names, entry.cites
         assert not member or member in model.shape_for(shape).members, entry.cites
