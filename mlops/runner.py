@@ -117,8 +117,11 @@ def check_local_run(pipeline: str, definition: dict, parameters: dict, data: str
         if path.stat().st_size == 0: raise DefinitionNotRunnable(f"{path}: the file is empty. Fix: write the header and rows of data.")
         try: file_kind(path)
         except DataValidationError as e: raise DefinitionNotRunnable(str(e)) from None
-    try: check_parameters(definition, local_parameters(pipeline, parameters, data))
+    try: values = check_parameters(definition, local_parameters(pipeline, parameters, data))
     except ParameterError as e: raise DefinitionNotRunnable(str(e)) from None
+    from mlops.definition.validate import start_errors  # what SageMaker refuses only when the execution starts
+    if problems := start_errors(definition, {k: v for k, v in values.items() if k in parameters}):
+        raise DefinitionNotRunnable("; ".join(str(p) for p in problems))
 
 def _data_step_failed(execution: Execution) -> list[str]:
     "The steps of `execution` that failed on the input data (a `DataValidationError`)."

@@ -63,13 +63,15 @@ def fill(template: Path, values_path: Path, out_path: Path | None):
 # %% ../../nbs/cli/03_deploy.ipynb #bc5dde81
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-def validate(files: tuple[Path, ...]):
-    "Validate pipeline definitions (templated or filled) offline: JSON Schema, SageMaker API shapes, references, DeepAR rules."
+@click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE",
+              help="a parameter value an execution would start with (repeatable): checked as StartPipelineExecution would")
+def validate(files: tuple[Path, ...], parameters: tuple[str, ...]):
+    "Validate pipeline definitions (templated or filled) offline: SageMaker API shapes, step types, references, start values, DeepAR rules."
     from rich.markup import escape
     from mlops.definition.validate import validate_file
-    invalid = 0
+    invalid, values = 0, assignments(parameters)
     for file in files:
-        errors = validate_file(file)
+        errors = validate_file(file, values)
         if not errors:
             console.print(f"[green]valid[/] {escape(str(file))}")
             continue

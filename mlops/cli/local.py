@@ -197,13 +197,13 @@ def show_execution_summary(execution):
         err_console.print(f"[bold red]{execution.status}:[/] {execution.failure_reason}", soft_wrap=True)
 
 # %% ../../nbs/cli/01_local.ipynb #b7145495
-def checked_definition(path: Path) -> dict:
-    "The definition in `path` if `mlops validate` finds no problem in it; otherwise one error (exit 2), nothing run."
+def checked_definition(path: Path, parameters: dict | None = None, require_values: bool = True) -> dict:
+    "The definition in `path` if `mlops validate -p ...` finds no problem in it started with `parameters`; otherwise one error (exit 2), nothing run."
     from rich.markup import escape
     from mlops.definition.validate import DefinitionInvalid, load_definition, validate_definition
     try:
         definition = load_definition(path)
-        if errors := validate_definition(definition): raise DefinitionInvalid(str(path), errors)
+        if errors := validate_definition(definition, parameters, require_values): raise DefinitionInvalid(str(path), errors)
     except DefinitionInvalid as e:
         fail(escape(f"{path} is not a valid pipeline definition: " + "; ".join(f"{x}" for x in e.errors[:5]) +
                     (f" (and {len(e.errors) - 5} more)" if len(e.errors) > 5 else "")), 2,
@@ -245,7 +245,7 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     if definition is not None:
         from rich.markup import escape
         from mlops.definition.parameters import ParameterError, check_parameters
-        document = checked_definition(definition)
+        document = checked_definition(definition, parameters, require_values=not resume)
         if not resume:  # every value in its range before any step runs
             try: check_parameters(document, parameters)
             except ParameterError as e: fail(escape(str(e)), 2)

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 
 from ..definition.graph import all_steps
 from ..definition.parameters import ParameterError, execution_parameters
+from ..definition.validate import validate_definition
 from .aws import RemoteError, aws_client, aws_errors, describe, describe_endpoint
 
 # %% auto #0
@@ -24,11 +25,16 @@ def start(pipeline: str, parameters: dict[str, str] | None = None, endpoint_url:
     with aws_errors(endpoint_url):
         stored = describe(sagemaker.describe_pipeline, f"no pipeline named {pipeline!r} at {describe_endpoint(endpoint_url)}. "
                           "Fix: run `mlops deploy` first, or use the name it printed.", PipelineName=pipeline)
+        definition = json.loads(stored["PipelineDefinition"])
         try:
-            pipeline_parameters = execution_parameters(json.loads(stored["PipelineDefinition"]), parameters or {}, pipeline)
+            pipeline_parameters = execution_parameters(definition, parameters or {}, pipeline)
         except ParameterError as e:
             fix = "" if "Fix:" in str(e) else f" Fix: give -p values of the types {pipeline} declares."
             raise RemoteError(f"{e}{fix}") from None
+        if errors := validate_definition(definition, parameters or {}, require_values=True):  # what SageMaker would refuse
+            raise RemoteError(f"{pipeline} was not started: " + "; ".join(map(str, errors[:5])) +
+                              (f" (and {len(errors) - 5} more)" if len(errors) > 5 else "") +
+                              f" Fix: change the -p values named above, or the definition (`mlops validate` lists every problem).")
         request = {"PipelineName": pipeline, **({"PipelineParameters": pipeline_parameters} if pipeline_parameters else {})}
         return sagemaker.start_pipeline_execution(**request)["PipelineExecutionArn"]
 
