@@ -328,6 +328,9 @@ RULES = {
     "Get of an undeclared parameter": (lambda d, s: s["TrainDeepAR"]["Arguments"]["ResourceConfig"].update(
         InstanceType={"Get": "Parameters.TrainingInstanceTyp"}), "TrainDeepAR",
         "{TrainDeepAR}/Arguments/ResourceConfig/InstanceType/Get", "semantic", "not declared"),
+    "Get of an unknown property": (lambda d, s: s["CheckQuality"]["Arguments"]["Conditions"][0].update(
+        LeftValue={"Get": "Steps.TrainDeepAR.FinalMetricDataLst['test:mean_wQuantileLoss'].Value"}), "CheckQuality",
+        "{CheckQuality}/Arguments/Conditions/0/LeftValue/Get", "semantic", "did you mean FinalMetricDataList"),
     "unknown execution variable": (lambda d, s: s["FeatureEngineering"]["Arguments"]["AppSpecification"]["ContainerArguments"].append(
         {"Get": "Execution.PipelineExecutionID"}), "FeatureEngineering",
         "{FeatureEngineering}/Arguments/AppSpecification/ContainerArguments/", "semantic", "unknown execution variable"),
