@@ -109,3 +109,26 @@ def test_new_data_under_the_same_uri_is_a_hit_on_both_with_a_warning(tmp_path, j
     out = io.StringIO()
     ProgressView(Console(file=out, width=400))(warning)  # what `mlops run` prints of it
     assert out.getvalue().startswith(f"warning: {STEP} is taken from the cache") and data in out.getvalue()
+
+
+def test_start_with_a_data_file_gives_each_version_its_own_key(server, values_file, tmp_path):
+    "`mlops start --data FILE`: new data is a new InputDataUri (a miss for the steps that read it), the same data the same one."
+    import hashlib
+    assert server.run("deploy", "--values", values_file, "--pipeline", TRAINING).returncode == 0
+    data = tmp_path / "train.csv"
+    uris = []
+    for content in ("item_id,timestamp,target\na,2024-01-01,1\n", "item_id,timestamp,target\na,2024-01-01,2\n"):
+        data.write_text(content)
+        result = server.run("start", TRAINING, "--data", data)
+        assert result.returncode == 0, result.stderr
+        arn = result.stdout.strip()
+        given = {p["Name"]: p["Value"] for p in server.client("sagemaker").list_pipeline_parameters_for_execution(
+            PipelineExecutionArn=arn)["PipelineParameters"]}
+        uri = given["InputDataUri"]
+        assert uri == f"s3://{json.loads(values_file.read_text())['ArtifactBucket']}/data/{hashlib.sha256(content.encode()).hexdigest()[:12]}/train.csv"
+        bucket, key = uri[5:].split("/", 1)
+        assert server.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read() == content.encode()
+        uris.append(uri)
+    assert uris[0] != uris[1]
+    both = server.run("start", TRAINING, "--data", data, "-p", "InputDataUri=s3://b/x/")
+    assert both.returncode == 2 and "not both" in both.stderr and "Traceback" not in both.stderr, both.stderr
