@@ -14,7 +14,8 @@ import uuid
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['atomic_write', 'atomic_replace', 'staging_path', 'found_file', 'sha256', 'text_sha256', 'git_state', 'git_commit']
+__all__ = ['atomic_write', 'atomic_replace', 'staging_path', 'found_file', 'sha256', 'text_sha256', 'content_key', 'git_state',
+           'git_commit']
 
 # %% ../nbs/01_files.ipynb #30a82deb
 def atomic_write(path: str | Path, data: bytes | str) -> Path:
@@ -81,6 +82,14 @@ def sha256(path: str | Path, pattern: str = "*") -> str | None:
 def text_sha256(text: str) -> str:
     "sha256 of a text's UTF-8 bytes (the digest of the file that holds exactly that text)."
     return hashlib.sha256(text.encode()).hexdigest()
+
+# %% ../nbs/01_files.ipynb #b9f04781
+def content_key(prefix: str, path: str | Path) -> str:
+    "`<prefix>/<first 12 hex digits of the file's sha256>/<its name>`: a key that changes when the file's bytes do."
+    path = Path(path)
+    digest = sha256(path)
+    if digest is None: raise FileNotFoundError(f"{path}: no such file")
+    return f"{prefix.rstrip('/')}/{digest[:12]}/{path.name}"
 
 # %% ../nbs/01_files.ipynb #49ddfd51
 def git_state(folder: str | Path = ".") -> tuple[str | None, bool | None]:

@@ -36,10 +36,11 @@ def local_values() -> dict[str, str]:
 PIPELINES = {"training": "deepar-training", "inference": "deepar-inference"}
 LOCAL_PARAMETERS = {"training": {"Epochs": "60"}, "inference": {}}
 
-def local_definition(pipeline: str = "training", templates_dir: str | Path | None = None) -> dict:
-    "The committed template of `pipeline` ('training' or 'inference'), filled with `local_values()`."
+def local_definition(pipeline: str = "training", templates_dir: str | Path | None = None, code_uri_of=None) -> dict:
+    """The committed template of `pipeline` ('training' or 'inference'), filled with `local_values()`, each step notebook
+    under its content-addressed key as `mlops deploy` puts it (`code_uri_of(name)`: another URI for that notebook)."""
     from mlops.config import project_root
-    from mlops.definition.templates import fill_definition
+    from mlops.definition.templates import address_code, fill_definition
     from mlops.render import unchanged_by_fingerprint  # JSON only: render never loads the SDK here
     if pipeline not in PIPELINES: raise DefinitionNotRunnable(f"no pipeline {pipeline!r}; choose one of: {', '.join(PIPELINES)}.")
     templates_dir = Path(templates_dir) if templates_dir else (project_root() or Path.cwd()) / "templates"
@@ -49,17 +50,19 @@ def local_definition(pipeline: str = "training", templates_dir: str | Path | Non
     if not unchanged_by_fingerprint(templates_dir):
         raise DefinitionNotRunnable(f"{templates_dir} is out of date with the pipeline code. Fix: run `mlops render`, "
                                     "review the diff and commit it.")
-    return fill_definition(json.loads(path.read_text()), local_values(), check_values=False)  # local names, not AWS resources
+    filled = fill_definition(json.loads(path.read_text()), local_values(), check_values=False)  # local names, not AWS resources
+    return address_code(filled, local_values()["CodeLocation"], code_uri_of)
 
 # %% ../nbs/08_runner.ipynb #92ab803b
-def stage_step_notebooks(home: Path) -> list[str]:
-    "Put the step notebooks, as they are now, at the code location of the local store; the names of those that changed."
-    from mlops.config import notebooks_dir
-    store, code, changed = LocalStore(home / "store"), local_values()["CodeLocation"], []
-    for notebook in sorted(notebooks_dir().glob("*.ipynb")):
-        target = store.path(f"{code}/{notebook.name}")
+def stage_step_notebooks(home: Path, definition: dict) -> list[str]:
+    "Put the step notebooks, as they are now, at the URIs `definition` names for them in the local store; the names of those that changed."
+    from mlops.config import step_notebook
+    from mlops.definition.templates import code_uris
+    store, changed = LocalStore(home / "store"), []
+    for uri, name in sorted(code_uris(definition, local_values()["CodeLocation"]).items()):
+        notebook, target = step_notebook(name), store.path(uri)
         if not target.is_file() or target.read_bytes() != notebook.read_bytes():
-            store.upload(notebook, f"{code}/{notebook.name}")
+            store.upload(notebook, uri)
             changed.append(notebook.name)
     return changed
 
@@ -68,7 +71,7 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
     from mlops.config import FORECAST
     if pipeline == "inference": check_model_package(definition, parameters, home)  # before anything is written
     store, overrides = LocalStore(home / "store"), local_parameters(pipeline, parameters, data)
-    stage_step_notebooks(home)
+    stage_step_notebooks(home, definition)
     if "InputDataUri" not in overrides:
         if data is not None:
             data = Path(data)
@@ -172,8 +175,11 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
     names = {"training": TRAINING_PIPELINE, "inference": INFERENCE_PIPELINE}
     if resume := options.get("resume"):  # the pipeline it ran, as it is now (the engine refuses it if it changed)
         pipeline = resumed_pipeline(resume, home, names)
-        definition = local_definition(pipeline)
-        stage_step_notebooks(home)
+        saved = json.loads((home / "runs" / resume / "definition.json").read_text()) if (home / "runs" / resume / "definition.json").is_file() else {}
+        from mlops.definition.templates import code_uris  # the notebooks as they are now, at the URIs the execution started with
+        started_with = {name: uri for uri, name in code_uris(saved, local_values()["CodeLocation"]).items()}
+        definition = local_definition(pipeline, code_uri_of=started_with.get)
+        stage_step_notebooks(home, definition)
     else:
         definition = local_definition(pipeline)
         from mlops.engine.processes import prestart_early

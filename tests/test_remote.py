@@ -127,7 +127,15 @@ def filled_by_text(template_path: Path, values: dict) -> dict:
         assert json.dumps(value) == f'"{value}"', "this oracle only works for values without JSON escapes"
         text = text.replace("{{ " + key + " }}", value)
     assert "{{" not in text
+    for notebook in ("feature_engineering", "forecast_report", "resolve_model"):  # `mlops deploy` puts each under its digest
+        text = text.replace(f'"{values["CodeLocation"]}/{notebook}.ipynb"', f'"{code_key(values, notebook)}"')
     return json.loads(text)
+
+
+def code_key(values: dict, notebook: str) -> str:
+    "The content-addressed URI of a step notebook: CodeLocation/<first 12 hex digits of its sha256>/<name>.ipynb."
+    digest = hashlib.sha256(step_notebook(notebook).read_bytes()).hexdigest()
+    return f"{values['CodeLocation']}/{digest[:12]}/{notebook}.ipynb"
 
 
 def tags_of(server, arn: str) -> dict:
@@ -166,9 +174,9 @@ def test_deploy_twice_the_second_is_a_no_op(server, values_file):
         assert tags["mlops:definition-sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
         assert head and tags["mlops:git-commit"].startswith(head)
     # the step notebooks the definitions name under CodeLocation are in S3, byte for byte
-    bucket, prefix = values["CodeLocation"][5:].split("/", 1)
     for notebook in ("feature_engineering", "forecast_report", "resolve_model"):
-        body = server.client("s3").get_object(Bucket=bucket, Key=f"{prefix}/{notebook}.ipynb")["Body"].read()
+        bucket, key = code_key(values, notebook)[5:].split("/", 1)
+        body = server.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
         assert body == step_notebook(notebook).read_bytes()
 
     server.post("/moto-api/recorder/reset-recording")

@@ -114,14 +114,16 @@ def deploy(values_path: Path, pipeline: str | None, templates_dir: Path | None, 
 @click.argument("pipeline")
 @click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE",
               help="a pipeline parameter for this execution (repeatable)")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
+              help="a local data file: uploaded under a new key for its content and given as InputDataUri")
 @click.option("--endpoint-url", help="API endpoint  [default: AWS_ENDPOINT_URL, else AWS]")
-def start(pipeline: str, parameters: tuple[str, ...], endpoint_url: str | None):
+def start(pipeline: str, parameters: tuple[str, ...], data: Path | None, endpoint_url: str | None):
     "Start an execution of a deployed PIPELINE (training, inference or its SageMaker name); prints the execution ARN (for `mlops watch`)."
     from rich.markup import escape
     from mlops.remote.aws import RemoteError
     from mlops.remote.executions import start as start_execution
     try:
-        arn = start_execution(sagemaker_name(pipeline), assignments(parameters), endpoint_url)
+        arn = start_execution(sagemaker_name(pipeline), assignments(parameters), endpoint_url, data)
     except RemoteError as e:
         fail(escape(str(e)), e.exit_code)
     console.print(arn, markup=False, soft_wrap=True)

@@ -141,6 +141,9 @@ class ProgressView:
         if event.kind == "execution-started" and event.details.get("resumed"):
             self.console.print(f"resuming execution {event.execution_id}: its parameters and options, the step notebooks and code "
                                "as they are now; the steps that succeeded are kept", markup=False, soft_wrap=True)
+        if event.kind == "cache-warning":  # printed whatever the view: a person must read it
+            self.console.print(f"warning: {event.line}", markup=False, soft_wrap=True, style="yellow")
+            return
         if event.step is None: return
         if event.kind == "step-log":
             self.notes[event.step.name] = event.line[:80]

@@ -10,12 +10,13 @@ import json
 import re
 from pathlib import Path
 
-from ..config import TEMPLATE_KEYS
+from ..config import TEMPLATE_KEYS, step_notebook
+from ..files import content_key
 from .rules import value_problems
 
 # %% auto #0
-__all__ = ['PLACEHOLDER', 'KEYS_FILE', 'placeholder', 'placeholders_in', 'FillError', 'fill_definition', 'known_keys_for',
-           'example_values']
+__all__ = ['PLACEHOLDER', 'KEYS_FILE', 'placeholder', 'placeholders_in', 'FillError', 'fill_definition', 'code_uris',
+           'address_code', 'known_keys_for', 'example_values']
 
 # %% ../../nbs/definition/04_templates.ipynb #0f0968bd
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*)\s*\}\}")
@@ -56,6 +57,29 @@ def fill_definition(template, values: dict, known_keys=None, check_values: bool 
         if isinstance(value, list): return [visit(v) for v in value]
         return fill_text(value) if isinstance(value, str) else value
     return visit(template)
+
+# %% ../../nbs/definition/04_templates.ipynb #ec6d6463
+def code_uris(definition, code_location: str) -> dict[str, str]:
+    "Every URI of `definition` under `code_location` -> the file name it ends with (the step notebook)."
+    prefix, found = code_location.rstrip("/") + "/", {}
+    def visit(value):
+        if isinstance(value, dict): [visit(v) for v in value.values()]
+        elif isinstance(value, list): [visit(v) for v in value]
+        elif isinstance(value, str) and value.startswith(prefix): found.setdefault(value, value.rsplit("/", 1)[1])
+    visit(definition)
+    return found
+
+def address_code(definition, code_location: str, uri_of=None):
+    """`definition` with each step notebook URI `<code_location>/<name>` replaced by `content_key(code_location, notebook)`
+    (or by `uri_of(name)`, when it gives one); `NotebookNotFound` for a notebook that is not there."""
+    prefix = code_location.rstrip("/") + "/"
+    plain = {uri: name for uri, name in code_uris(definition, code_location).items() if "/" not in uri[len(prefix):]}
+    new = {uri: (uri_of(name) if uri_of else None) or content_key(code_location, step_notebook(name)) for uri, name in plain.items()}
+    def swap(value):
+        if isinstance(value, dict): return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, list): return [swap(v) for v in value]
+        return new.get(value, value) if isinstance(value, str) else value
+    return swap(definition)
 
 # %% ../../nbs/definition/04_templates.ipynb #9668df10
 def known_keys_for(template_path: str | Path) -> set[str]:

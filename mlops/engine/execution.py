@@ -43,7 +43,8 @@ class StepResult:
         return executors.describe(self.type, self.properties)
 
 # %% ../../nbs/engine/06_execution.ipynb #dbecdfcb
-EVENT_KINDS = ("execution-started", "step-started", "step-log", "step-succeeded", "step-failed", "step-cached", "execution-ended")
+EVENT_KINDS = ("execution-started", "step-started", "step-log", "step-succeeded", "step-failed", "step-cached", "cache-warning",
+               "execution-ended")
 
 @dataclass(frozen=True)
 class Event:
@@ -51,9 +52,9 @@ class Event:
     kind: str  # one of EVENT_KINDS
     execution_id: str
     step: StepResult | None = None  # step-* events
-    line: str | None = None  # step-log
+    line: str | None = None  # step-log; cache-warning: the message for a person
     details: dict = field(default_factory=dict)  # execution-started: pipeline, parameters, definition_sha256, resumed, home;
-                                                 # execution-ended: status, failure_reason
+                                                 # execution-ended: status, failure_reason; cache-warning: uri
 
 # %% ../../nbs/engine/06_execution.ipynb #ac680bb9
 @dataclass

@@ -17,7 +17,7 @@ from . import ExecutionRunning
 
 # %% auto #0
 __all__ = ['alive', 'Records', 'start_execution', 'resume_execution', 'end_execution', 'execution', 'executions', 'save_step',
-           'steps', 'cached_step', 'model', 'stop_steps', 'lock_execution']
+           'steps', 'cached_step', 'model', 'stop_steps', 'save_inputs', 'inputs', 'lock_execution']
 
 # %% ../../nbs/engine/02_records.ipynb #327a9387
 _SCHEMA = """
@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS steps (execution_id TEXT, name TEXT, type TEXT, statu
     attempt INTEGER, failure_reason TEXT, properties TEXT, cache_key TEXT, cached_from TEXT,
     PRIMARY KEY (execution_id, name));
 CREATE INDEX IF NOT EXISTS steps_by_cache_key ON steps (cache_key, status, ended);
+CREATE TABLE IF NOT EXISTS step_inputs (execution_id TEXT, name TEXT, uri TEXT, sha256 TEXT,
+    PRIMARY KEY (execution_id, name, uri));
 """
 
 def alive(pid) -> bool:
@@ -127,6 +129,20 @@ def stop_steps(self: Records, execution_id, ended: float | None):
     self.execute("UPDATE steps SET status='Stopped', ended=? WHERE execution_id=? AND status='Executing'", ended, execution_id)
 
 Records.save_step, Records.steps, Records.cached_step, Records.model, Records.stop_steps = save_step, steps, cached_step, model, stop_steps
+
+# %% ../../nbs/engine/02_records.ipynb #f75e7088
+def save_inputs(self: Records, execution_id, name, digests: dict[str, str | None]):
+    "Record the digest of each input URI step `name` of `execution_id` reads (None: nothing there)."
+    self.execute("DELETE FROM step_inputs WHERE execution_id=? AND name=?", execution_id, name)
+    for uri, digest in digests.items():
+        self.execute("INSERT INTO step_inputs VALUES (?,?,?,?)", execution_id, name, uri, digest)
+
+def inputs(self: Records, execution_id, name) -> dict[str, str | None]:
+    "URI -> digest of what step `name` of `execution_id` read when it ran ({} when nothing was recorded)."
+    return {r["uri"]: r["sha256"] for r in self.execute("SELECT uri, sha256 FROM step_inputs WHERE execution_id=? AND name=?",
+                                                      execution_id, name)}
+
+Records.save_inputs, Records.inputs = save_inputs, inputs
 
 # %% ../../nbs/engine/02_records.ipynb #709b39aa
 def lock_execution(folder: str | Path, id: str):

@@ -20,7 +20,7 @@ from ..definition.expressions import Context, evaluate, step_execution_variables
 from ..definition.graph import StepSpec, all_steps
 from ..definition.parameters import ParameterError, resolve_parameters
 from . import DefinitionNotRunnable, ExecutionRunning, StepError
-from .cache import cache_key, code_digest, duration_seconds
+from .cache import cache_attributes, cache_key, code_digest, duration_seconds, input_uris, stale_input_warning, stale_inputs
 from .execution import Event, Execution, StepResult
 from .executors import StepRun, executors
 from .plan import Plan, check_runnable
@@ -122,10 +122,14 @@ def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: s
         state.records.save_step(state.id, spec.name, spec.type, "Failed", now, now, 1, reason, None, None)
         return StepResult(spec.name, spec.type, "Failed", now, now, 1, reason)
     if use_cache and spec.raw.get("CacheConfig", {}).get("Enabled"):
-        key = cache_key(state.pipeline, spec.name, spec.type, arguments,
-                        lambda uri: state.store.digest(uri) if state.store.exists(uri) else None, code, run.resolved,
-                        executor.cache_attributes)
-        if cached := _from_cache(state, spec, key): return cached
+        key = cache_key(state.pipeline, spec.name, spec.type, arguments, code, run.resolved, executor.cache_attributes)
+        uris = input_uris(cache_attributes(spec.type, arguments, executor.cache_attributes))
+        digests = {u: state.store.digest(u) if state.store.exists(u) else None for u in uris}
+        if cached := _from_cache(state, spec, key):
+            for uri in stale_inputs(state.records.inputs(cached.cached_from, spec.name), digests):  # SageMaker reuses it too
+                state.emit("cache-warning", cached, line=stale_input_warning(spec.name, cached.cached_from, uri), uri=uri)
+            return cached
+        state.records.save_inputs(state.id, spec.name, digests)  # what it reads, for a later hit to compare
     if prestart: state.processes.prestart(prestart)
     attempt, first_started = 1, time.time()
     while True:

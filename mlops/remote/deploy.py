@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import NotebookNotFound, project_root, step_notebook
-from ..definition.templates import KEYS_FILE, FillError, fill_definition, known_keys_for
+from ..definition.templates import KEYS_FILE, address_code, code_uris, FillError, fill_definition, known_keys_for
 from ..definition.validate import DefinitionInvalid, load_definition, validate_definition
 from ..files import git_commit, sha256, text_sha256
 from .aws import RemoteError, aws_client, aws_errors, is_not_found
@@ -20,7 +20,8 @@ from ..render import TEMPLATE_FILES
 # %% auto #0
 __all__ = ['DEFINITION_TAG', 'COMMIT_TAG', 'default_templates_dir', 'read_values', 'choose_pipelines', 'filled_definitions',
            'definition_text', 'definition_sha256', 'deploy_tags', 'pipeline_description', 'split_s3_uri',
-           'code_objects', 'upload_code', 'DeployOutcome', 'deploy_pipeline', 'ensure_buckets', 'deploy']
+           'code_objects', 'addressed_code', 'upload_code', 'DeployOutcome', 'deploy_pipeline', 'ensure_buckets',
+           'deploy']
 
 # %% ../../nbs/remote/02_deploy.ipynb #e9e38389
 def default_templates_dir() -> Path:
@@ -113,19 +114,20 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 # %% ../../nbs/remote/02_deploy.ipynb #6337b25d
 def code_objects(definition: dict, code_location: str) -> dict[str, Path]:
-    "S3 URI → local step notebook, for every object the definition expects under `code_location`."
-    prefix, found = code_location.rstrip("/") + "/", {}
-    def visit(value):
-        if isinstance(value, dict): [visit(v) for v in value.values()]
-        elif isinstance(value, list): [visit(v) for v in value]
-        elif isinstance(value, str) and value.startswith(prefix) and value not in found:
-            try:
-                found[value] = step_notebook(value[len(prefix):])
-            except NotebookNotFound as e:
-                raise RemoteError(f"the definition expects {value}, but {e} Fix: add the step notebook, "
-                                  "or render the templates again.") from None
-    visit(definition)
+    "S3 URI -> local step notebook, for every object the definition expects under `code_location` (content-addressed or not)."
+    found = {}
+    for uri, name in code_uris(definition, code_location).items():
+        try:
+            found[uri] = step_notebook(name)
+        except NotebookNotFound as e:
+            raise RemoteError(f"the definition expects {uri}, but {e} Fix: add the step notebook, "
+                              "or render the templates again.") from None
     return found
+
+def addressed_code(definition: dict, code_location: str) -> dict:
+    "`definition` with its step notebooks under content-addressed keys (`mlops.definition.templates.address_code`)."
+    code_objects(definition, code_location)  # every notebook it names is here, or one error naming it
+    return address_code(definition, code_location)
 
 # %% ../../nbs/remote/02_deploy.ipynb #a222e0f5
 def upload_code(s3, objects: dict[str, Path], log=None) -> list[str]:
@@ -213,6 +215,8 @@ def deploy(values_path: str | Path, pipeline: str | None = None, endpoint_url: s
     templates_dir = Path(templates_dir) if templates_dir is not None else default_templates_dir()
     definitions = filled_definitions(values_path, pipeline, templates_dir)  # every local check before any call
     values = read_values(values_path)
+    if "CodeLocation" in values:  # an edited notebook: a new key, so a new definition (SageMaker's cache compares URIs)
+        definitions = {name: addressed_code(d, values["CodeLocation"]) for name, d in definitions.items()}
     objects = {uri: path for d in definitions.values()
                for uri, path in (code_objects(d, values["CodeLocation"]) if "CodeLocation" in values else {}).items()}
     commit = git_commit(templates_dir)

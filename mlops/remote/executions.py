@@ -15,17 +15,35 @@ from ..definition.validate import validate_definition
 from .aws import RemoteError, aws_client, aws_errors, describe, describe_endpoint
 
 # %% auto #0
-__all__ = ['TERMINAL_STATUSES', 'STATUS_STYLES', 'start', 'exit_code', 'backoff', 'latest_steps', 'progress_table',
+__all__ = ['TERMINAL_STATUSES', 'STATUS_STYLES', 'data_uri', 'start', 'exit_code', 'backoff', 'latest_steps', 'progress_table',
            'execution_steps', 'watch']
 
 # %% ../../nbs/remote/03_executions.ipynb #d1f37ee1
-def start(pipeline: str, parameters: dict[str, str] | None = None, endpoint_url: str | None = None) -> str:
-    "Start an execution of the deployed `pipeline` with `parameters` (name → string value); its ARN."
+def data_uri(definition: dict, data, parameter: str = "InputDataUri") -> str:
+    """Where `start --data FILE` puts the file: `s3://<bucket of the parameter's default>/data/<sha256 prefix>/<name>`,
+    a new key for new bytes (SageMaker's step cache compares the URI, not the object behind it:
+    https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-caching.html)."""
+    from ..files import content_key
+    default = next((p.get("DefaultValue") for p in definition.get("Parameters", []) if p.get("Name") == parameter), None)
+    if not (isinstance(default, str) and default.startswith("s3://") and len(default) > 5):
+        raise RemoteError(f"--data needs a pipeline parameter {parameter} whose default is an s3:// URI (its bucket receives "
+                          "the file). Fix: pass the data's URI with -p instead.")
+    try: return content_key(f"s3://{default[5:].split('/', 1)[0]}/data", data)
+    except FileNotFoundError: raise RemoteError(f"data file not found: {data}. Fix: check the path.") from None
+
+def start(pipeline: str, parameters: dict[str, str] | None = None, endpoint_url: str | None = None, data=None) -> str:
+    """Start an execution of the deployed `pipeline` with `parameters` (name → string value); its ARN. `data`: a local file,
+    uploaded under a content-addressed key (`data_uri`) and given as `InputDataUri`."""
     sagemaker = aws_client("sagemaker", endpoint_url)
+    parameters = dict(parameters or {})
+    if data is not None and "InputDataUri" in parameters:
+        raise RemoteError("give the data once: --data FILE or -p InputDataUri=URI, not both.")
     with aws_errors(endpoint_url):
         stored = describe(sagemaker.describe_pipeline, f"no pipeline named {pipeline!r} at {describe_endpoint(endpoint_url)}. "
                           "Fix: run `mlops deploy` first, or use the name it printed.", PipelineName=pipeline)
         definition = json.loads(stored["PipelineDefinition"])
+        if data is not None:
+            uri = parameters["InputDataUri"] = data_uri(definition, data)
         try:
             pipeline_parameters = execution_parameters(definition, parameters or {}, pipeline)
         except ParameterError as e:
@@ -35,6 +53,10 @@ def start(pipeline: str, parameters: dict[str, str] | None = None, endpoint_url:
             raise RemoteError(f"{pipeline} was not started: " + "; ".join(map(str, errors[:5])) +
                               (f" (and {len(errors) - 5} more)" if len(errors) > 5 else "") +
                               f" Fix: change the -p values named above, or the definition (`mlops validate` lists every problem).")
+        if data is not None:  # after every check: nothing is uploaded for a start that is refused
+            from pathlib import Path
+            bucket, key = uri[5:].split("/", 1)
+            aws_client("s3", endpoint_url).put_object(Bucket=bucket, Key=key, Body=Path(data).read_bytes())
         request = {"PipelineName": pipeline, **({"PipelineParameters": pipeline_parameters} if pipeline_parameters else {})}
         return sagemaker.start_pipeline_execution(**request)["PipelineExecutionArn"]
 

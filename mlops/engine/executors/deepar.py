@@ -100,11 +100,10 @@ class DeepARTransformExecutor(Executor):
     step_type, runs, worker = "Transform", "a DeepAR model (local batch transform)", "mlops.deepar"
 
     def resolve(self, step: StepRun) -> dict:
-        "The model the ModelName means now (a group: its latest Approved version) and its data's digest: part of the cache key."
-        model, store = resolve_model(step.arguments["ModelName"], step.execution), step.execution.store
-        url = model["model_data_url"]
-        return {"model": {k: model.get(k) for k in ("image", "model_data_url", "arn")},
-                "model_sha256": store.digest(url) if isinstance(url, str) and store.exists(url) else None}
+        """The model the ModelName means now (a group: its latest Approved version): its image, data URI and ARN, part of the
+        cache key (names and URIs, as SageMaker compares them; a new model version has a new ARN and a new data URI)."""
+        model = resolve_model(step.arguments["ModelName"], step.execution)
+        return {"model": {k: model.get(k) for k in ("image", "model_data_url", "arn")}}
 
     def run(self, step: StepRun) -> dict:
         args, folder, store = step.arguments, step.folder, step.execution.store
