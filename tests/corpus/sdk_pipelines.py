@@ -305,6 +305,374 @@ def build_emr_cluster_config(c: Corpus):
     return Pipeline(name="corpus-emr-cluster-config", steps=[step], sagemaker_session=c.session)
 
 
+# --- Processing with a source_dir, script-mode training, profiler --------------------------------------------
+
+@builder
+def build_processing_framework_source_dir(c: Corpus):
+    "FrameworkProcessor (the PyTorch image) running code= from a source_dir with a requirements.txt, as in the SDK's v3 example."
+    from sagemaker.core.processing import FrameworkProcessor
+    from sagemaker.core.workflow.properties import PropertyFile
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import ProcessingStep
+    source = c.folder / "framework" / "scripts" / "preprocess"
+    c.file("framework/scripts/preprocess/preprocessing.py", PREPROCESS)
+    c.file("framework/scripts/preprocess/requirements.txt", "pandas\n")
+    processor = FrameworkProcessor(
+        image_uri=_image("pytorch", "1.13", c, py_version="py39", instance_type="ml.m5.xlarge", image_scope="training"),
+        role=c.role, instance_type="ml.m5.xlarge", instance_count=1, sagemaker_session=c.session,
+        base_job_name="huggingface-text-classification")
+    inputs, outputs = _processing_io(c, "framework", ("train", "test", "evaluation"))
+    stats = PropertyFile(name="DatasetStats", output_name="evaluation", path="evaluation.json")
+    step = ProcessingStep(name="PreprocessText", property_files=[stats], step_args=processor.run(
+        code="preprocessing.py", source_dir=str(source), inputs=inputs, outputs=outputs))
+    return Pipeline(name="corpus-processing-framework", steps=[step], sagemaker_session=c.session)
+
+
+TRAIN = """\
+import argparse, os
+parser = argparse.ArgumentParser()
+parser.add_argument("--lr", type=float, default=0.01)
+parser.add_argument("--batch-size", type=int, default=64)
+parser.add_argument("--epochs", type=int, default=1)
+args, _ = parser.parse_known_args()
+print(f"Test set: Average loss: {1.0 / (1 + args.epochs):.4f}")
+"""
+
+
+def _script_trainer(c: Corpus, name: str, instance_type="ml.m5.xlarge", hyperparameters=None):
+    "A ModelTrainer in script mode: a framework image, SourceCode(source_dir, entry_script) (SDK 3.x has no framework estimators)."
+    from sagemaker.train import ModelTrainer
+    from sagemaker.train.configs import Compute, SourceCode, StoppingCondition
+    c.file(f"{name}/mnist.py", TRAIN)
+    c.file(f"{name}/requirements.txt", "torchvision\n")
+    return ModelTrainer(
+        training_image=_image("pytorch", "1.13", c, py_version="py39", instance_type=instance_type, image_scope="training")
+        if not isinstance(instance_type, str) or instance_type else None,
+        source_code=SourceCode(source_dir=str(c.folder / name), entry_script="mnist.py", requirements="requirements.txt"),
+        compute=Compute(instance_type=instance_type, instance_count=1, volume_size_in_gb=30),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=3600),
+        hyperparameters=hyperparameters or {"epochs": 1, "backend": "gloo"},
+        sagemaker_session=c.session, role=c.role, base_job_name="pytorch-mnist")
+
+
+@builder
+def build_training_script_mode(c: Corpus):
+    "ModelTrainer in script mode (source_dir + entry script + requirements), metric definitions, checkpoints, a parameter."
+    from sagemaker.core.shapes import MetricDefinition
+    from sagemaker.core.workflow.parameters import ParameterString
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import CacheConfig, TrainingStep
+    from sagemaker.train.configs import CheckpointConfig, InputData
+    instance_type = ParameterString(name="TrainingInstanceType", default_value="ml.m5.xlarge")
+    trainer = _script_trainer(c, "script_mode", instance_type="ml.m5.xlarge")
+    trainer.compute.instance_type = instance_type
+    trainer = trainer.with_metric_definitions([MetricDefinition(name="average test loss",
+                                                                regex="Test set: Average loss: ([0-9\\.]+)")])
+    trainer = trainer.with_checkpoint_config(CheckpointConfig(s3_uri=c.s3("script-mode", "checkpoints"),
+                                                              local_path="/opt/ml/checkpoints"))
+    step = TrainingStep(name="TrainMnist", cache_config=CacheConfig(enable_caching=True, expire_after="P1D"),
+                        step_args=trainer.train(input_data_config=[
+                            InputData(channel_name="training", data_source=c.s3("mnist", "data"))]))
+    return Pipeline(name="corpus-training-script-mode", parameters=[instance_type], steps=[step],
+                    sagemaker_session=c.session)
+
+
+@builder
+def build_training_profiler(c: Corpus):
+    """A training step with a ProfilerConfig and the ProfilerReport rule.
+
+    SDK 3.x's ModelTrainer has no profiler argument (2.x's Estimator had `profiler_config=` and `rules=`), so the
+    step's CreateTrainingJob arguments get the two members as 2.x wrote them, from the SDK's own
+    `sagemaker.core.debugger` classes: ProfilerConfig._to_request_dict() and ProfilerRule.to_profiler_rule_config_dict().
+    """
+    from sagemaker.core.debugger import ProfilerConfig, ProfilerRule, rule_configs
+    from sagemaker.core.debugger.debugger import get_rule_container_image_uri
+    from sagemaker.core.debugger.framework_profile import FrameworkProfile
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import TrainingStep
+    from sagemaker.train.configs import InputData
+    profiler = ProfilerConfig(s3_output_path=c.s3("profiler"), system_monitor_interval_millis=500,
+                              framework_profile_params=FrameworkProfile(start_step=1, num_steps=2))
+    rule = ProfilerRule.sagemaker(rule_configs.ProfilerReport())
+    rule.image_uri = get_rule_container_image_uri(rule.name, c.region)
+    rule.instance_type, rule.volume_size_in_gb = None, None
+
+    class TrainingStepWithProfiler(TrainingStep):
+        @property
+        def arguments(self):
+            request = super().arguments
+            request["ProfilerConfig"] = profiler._to_request_dict()
+            request["ProfilerRuleConfigurations"] = [rule.to_profiler_rule_config_dict()]
+            return request
+
+    trainer = _script_trainer(c, "profiler")
+    step = TrainingStepWithProfiler(name="TrainWithProfiler", step_args=trainer.train(input_data_config=[
+        InputData(channel_name="training", data_source=c.s3("mnist", "data"))]))
+    return Pipeline(name="corpus-training-profiler", steps=[step], sagemaker_session=c.session)
+
+
+# --- Tuning, Transform, Model, RegisterModel ---------------------------------------------------------------
+
+@builder
+def build_tuning(c: Corpus):
+    "HyperparameterTuner on a script-mode ModelTrainer (the SDK's v3 tuning pipeline example); the top model becomes a Model."
+    from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import TuningStep
+    from sagemaker.serve.model_builder import ModelBuilder
+    from sagemaker.train.configs import InputData
+    from sagemaker.train.tuner import HyperparameterTuner
+    trainer = _script_trainer(c, "tuning")
+    tuner = HyperparameterTuner(
+        model_trainer=trainer, objective_metric_name="average test loss", objective_type="Minimize",
+        hyperparameter_ranges={"lr": ContinuousParameter(0.001, 0.1),
+                               "batch-size": CategoricalParameter([32, 64, 128, 256, 512]),
+                               "epochs": IntegerParameter(1, 3)},
+        metric_definitions=[{"Name": "average test loss", "Regex": "Test set: Average loss: ([0-9\\.]+)"}],
+        max_jobs=3, max_parallel_jobs=2, strategy="Random", early_stopping_type="Auto")
+    tuning = TuningStep(name="HPTuning", step_args=tuner.tune(
+        inputs=[InputData(channel_name="training", data_source=c.s3("mnist", "data"))], wait=False))
+    model = ModelBuilder(image_uri=trainer.training_image, sagemaker_session=c.session, role_arn=c.role,
+                         s3_model_data_url=tuning.get_top_model_s3_uri(top_k=0, s3_bucket=c.bucket, prefix="pytorch-mnist"))
+    best = ModelStep(name="CreateBestModel", step_args=model.build())
+    return Pipeline(name="corpus-tuning", steps=[tuning, best], sagemaker_session=c.session)
+
+
+@builder
+def build_transform(c: Corpus):
+    "Train built-in XGBoost, create its Model, then a batch TransformStep on the model's name (the abalone example)."
+    from sagemaker.core.transformer import Transformer
+    from sagemaker.core.workflow.parameters import ParameterString
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import TrainingStep, TransformStep
+    from sagemaker.serve.model_builder import ModelBuilder
+    batch_data = ParameterString(name="BatchData", default_value=c.s3("abalone", "batch"))
+    trainer = _xgboost_trainer(c, c.s3("abalone", "train"))
+    train = TrainingStep(name="TrainAbaloneModel", step_args=trainer.train())
+    model = ModelBuilder(s3_model_data_url=train.properties.ModelArtifacts.S3ModelArtifacts,
+                         image_uri=_image("xgboost", "1.7-1", c), sagemaker_session=c.session, role_arn=c.role)
+    create = ModelStep(name="CreateAbaloneModel", step_args=model.build())
+    transformer = Transformer(model_name=create.properties.ModelName, instance_type="ml.m5.xlarge", instance_count=1,
+                              output_path=c.s3("abalone", "transform"), accept="text/csv", assemble_with="Line",
+                              strategy="MultiRecord", sagemaker_session=c.session)
+    transform = TransformStep(name="AbaloneTransform", step_args=transformer.transform(
+        data=batch_data, content_type="text/csv", split_type="Line", input_filter="$[1:]", join_source="Input",
+        output_filter="$[0,-1]"))
+    return Pipeline(name="corpus-transform", parameters=[batch_data], steps=[train, create, transform],
+                    sagemaker_session=c.session)
+
+
+@builder
+def build_checks_and_register(c: Corpus):
+    """QualityCheck (data and model quality) and ClarifyCheck (data bias, model bias, explainability) steps, then a
+    RegisterModel with ModelMetrics and DriftCheckBaselines from their properties, as AWS's example
+    sagemaker-pipelines/tabular/model-monitor-clarify-pipelines writes it."""
+    from sagemaker.core.clarify import BiasConfig, DataConfig, ModelConfig, ModelPredictedLabelConfig, SHAPConfig
+    from sagemaker.core.drift_check_baselines import DriftCheckBaselines
+    from sagemaker.core.model_metrics import FileSource, MetricsSource, ModelMetrics
+    from sagemaker.core.model_monitor.dataset_format import DatasetFormat
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.functions import Join
+    from sagemaker.core.workflow.parameters import ParameterBoolean, ParameterString
+    from sagemaker.mlops.workflow.check_job_config import CheckJobConfig
+    from sagemaker.mlops.workflow.clarify_check_step import (ClarifyCheckStep, DataBiasCheckConfig, ModelBiasCheckConfig,
+                                                             ModelExplainabilityCheckConfig)
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.quality_check_step import (DataQualityCheckConfig, ModelQualityCheckConfig,
+                                                             QualityCheckStep)
+    from sagemaker.mlops.workflow.steps import TrainingStep
+    from sagemaker.serve.model_builder import ModelBuilder
+    group = ParameterString(name="ModelPackageGroupName", default_value="AbaloneCheckGroup")
+    skip = {kind: ParameterBoolean(name=f"SkipCheck{kind}", default_value=False) for kind in
+            ("DataQuality", "ModelQuality", "DataBias", "ModelBias", "ModelExplainability")}
+    register_new = ParameterBoolean(name="RegisterNewBaselineDataQuality", default_value=False)
+    # AWS's example defaults these to "", which StartPipelineExecution refuses ("string \"\" is too short (length: 0,
+    # required minimum: 1)", aws/sagemaker-python-sdk#4016): a baseline of an earlier run instead
+    supplied_statistics = ParameterString(name="DataQualitySuppliedStatistics",
+                                          default_value=c.s3("baselines", "statistics.json"))
+    supplied_constraints = ParameterString(name="DataQualitySuppliedConstraints",
+                                           default_value=c.s3("baselines", "constraints.json"))
+    train_uri, test_uri = c.s3("abalone", "train"), c.s3("abalone", "test")
+    check_job = CheckJobConfig(role=c.role, instance_count=1, instance_type="ml.c5.xlarge", volume_size_in_gb=120,
+                               sagemaker_session=c.session)
+
+    def output(kind):
+        return Join(on="/", values=["s3:/", c.bucket, "checks", ExecutionVariables.PIPELINE_EXECUTION_ID, kind])
+
+    data_quality = QualityCheckStep(
+        name="DataQualityCheckStep", skip_check=skip["DataQuality"], register_new_baseline=register_new,
+        quality_check_config=DataQualityCheckConfig(
+            baseline_dataset=train_uri, dataset_format=DatasetFormat.csv(header=False, output_columns_position="START"),
+            output_s3_uri=output("dataqualitycheckstep")),
+        check_job_config=check_job, supplied_baseline_statistics=supplied_statistics,
+        supplied_baseline_constraints=supplied_constraints, model_package_group_name=group)
+    trainer = _xgboost_trainer(c, train_uri)
+    train = TrainingStep(name="TrainAbaloneModel", step_args=trainer.train(), depends_on=[data_quality])
+    model_data = train.properties.ModelArtifacts.S3ModelArtifacts
+    model = ModelBuilder(s3_model_data_url=model_data, image_uri=_image("xgboost", "1.7-1", c),
+                         sagemaker_session=c.session, role_arn=c.role)
+    create = ModelStep(name="CreateAbaloneModel", step_args=model.build())
+    model_quality = QualityCheckStep(
+        name="ModelQualityCheckStep", skip_check=skip["ModelQuality"], register_new_baseline=False,
+        quality_check_config=ModelQualityCheckConfig(
+            baseline_dataset=test_uri, dataset_format=DatasetFormat.csv(header=False),
+            output_s3_uri=output("modelqualitycheckstep"), problem_type="Regression",
+            inference_attribute="_c0", ground_truth_attribute="_c1"),
+        check_job_config=check_job, model_package_group_name=group, depends_on=[create])
+    data_config = DataConfig(s3_data_input_path=train_uri, s3_output_path=output("databiascheckstep"), label=0,
+                             dataset_type="text/csv",
+                             s3_analysis_config_output_path=c.s3("checks", "databiascheckstep", "analysis_cfg"))
+    bias_config = BiasConfig(label_values_or_threshold=[15.0], facet_name=[8], facet_values_or_threshold=[[0.5]])
+    data_bias_config = DataBiasCheckConfig(data_config=data_config, data_bias_config=bias_config)
+    data_bias = ClarifyCheckStep(
+        name="DataBiasCheckStep", clarify_check_config=data_bias_config, check_job_config=check_job,
+        skip_check=skip["DataBias"], register_new_baseline=False, model_package_group_name=group)
+    model_config = ModelConfig(model_name=create.properties.ModelName, instance_count=1, instance_type="ml.m5.xlarge")
+    model_bias_config = ModelBiasCheckConfig(
+        data_config=DataConfig(s3_data_input_path=train_uri, s3_output_path=output("modelbiascheckstep"), label=0,
+                               dataset_type="text/csv",
+                               s3_analysis_config_output_path=c.s3("checks", "modelbiascheckstep", "analysis_cfg")),
+        data_bias_config=bias_config, model_config=model_config,
+        model_predicted_label_config=ModelPredictedLabelConfig())
+    model_bias = ClarifyCheckStep(
+        name="ModelBiasCheckStep", clarify_check_config=model_bias_config, check_job_config=check_job,
+        skip_check=skip["ModelBias"], register_new_baseline=False, model_package_group_name=group)
+    explain_config = ModelExplainabilityCheckConfig(
+        data_config=DataConfig(s3_data_input_path=train_uri, s3_output_path=output("modelexplainabilitycheckstep"),
+                               label=0, dataset_type="text/csv",
+                               s3_analysis_config_output_path=c.s3("checks", "explainability", "analysis_cfg")),
+        model_config=model_config, explainability_config=SHAPConfig(baseline=[[0.5] * 8], num_samples=10, agg_method="mean_abs"))
+    explain = ClarifyCheckStep(
+        name="ModelExplainabilityCheckStep", clarify_check_config=explain_config, check_job_config=check_job,
+        skip_check=skip["ModelExplainability"], register_new_baseline=False, model_package_group_name=group)
+
+    def json_source(uri):
+        return MetricsSource(s3_uri=uri, content_type="application/json")
+
+    metrics = ModelMetrics(
+        model_data_statistics=json_source(data_quality.properties.CalculatedBaselineStatistics),
+        model_data_constraints=json_source(data_quality.properties.CalculatedBaselineConstraints),
+        model_statistics=json_source(model_quality.properties.CalculatedBaselineStatistics),
+        model_constraints=json_source(model_quality.properties.CalculatedBaselineConstraints),
+        bias_pre_training=json_source(data_bias.properties.CalculatedBaselineConstraints),
+        bias_post_training=json_source(model_bias.properties.CalculatedBaselineConstraints),
+        explainability=json_source(explain.properties.CalculatedBaselineConstraints))
+    baselines = DriftCheckBaselines(
+        model_data_statistics=json_source(data_quality.properties.BaselineUsedForDriftCheckStatistics),
+        model_data_constraints=json_source(data_quality.properties.BaselineUsedForDriftCheckConstraints),
+        model_statistics=json_source(model_quality.properties.BaselineUsedForDriftCheckStatistics),
+        model_constraints=json_source(model_quality.properties.BaselineUsedForDriftCheckConstraints),
+        bias_pre_training_constraints=json_source(data_bias.properties.BaselineUsedForDriftCheckConstraints),
+        bias_post_training_constraints=json_source(model_bias.properties.BaselineUsedForDriftCheckConstraints),
+        bias_config_file=FileSource(s3_uri=model_bias_config.monitoring_analysis_config_uri, content_type="application/json"),
+        explainability_constraints=json_source(explain.properties.BaselineUsedForDriftCheckConstraints),
+        explainability_config_file=FileSource(s3_uri=explain_config.monitoring_analysis_config_uri,
+                                              content_type="application/json"))
+    register = ModelStep(name="RegisterAbaloneModel", step_args=model.register(
+        model_package_group_name=group, content_types=["text/csv"], response_types=["text/csv"],
+        inference_instances=["ml.t2.medium", "ml.m5.large"], transform_instances=["ml.m5.large"],
+        approval_status="PendingManualApproval", model_metrics=metrics, drift_check_baselines=baselines))
+    return Pipeline(name="corpus-checks-and-register",
+                    parameters=[group, *skip.values(), register_new, supplied_statistics, supplied_constraints],
+                    steps=[data_quality, train, create, model_quality, data_bias, model_bias, explain, register],
+                    sagemaker_session=c.session)
+
+
+# --- NotebookJobStep, @step ----------------------------------------------------------------------------------
+
+NOTEBOOK = {"cells": [{"cell_type": "code", "execution_count": None, "metadata": {"tags": ["parameters"]}, "outputs": [],
+                       "source": ["alpha = 0.1\n"]},
+                      {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                       "source": ["print(alpha)\n"]}],
+            "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+@builder
+def build_notebook_job(c: Corpus):
+    "Two NotebookJobSteps (the SageMaker Distribution image, parameters, a dependency on the first one's output)."
+    from sagemaker.core.workflow.parameters import ParameterString
+    from sagemaker.mlops.workflow.notebook_job_step import NotebookJobStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    notebook = c.file("notebook_job/analysis.ipynb", json.dumps(NOTEBOOK))
+    c.file("notebook_job/helpers.py", "VALUE = 1\n")
+    c.file("notebook_job/init.sh", "#!/bin/bash\necho ready\n")
+    alpha = ParameterString(name="Alpha", default_value="0.5")
+    image = f"885854791233.dkr.ecr.{c.region}.amazonaws.com/sagemaker-distribution-prod:1-cpu"
+    first = NotebookJobStep(
+        name="AnalyseData", input_notebook=str(notebook), image_uri=image, kernel_name="python3", role=c.role,
+        s3_root_uri=c.s3("notebook-jobs"), parameters={"alpha": alpha}, environment_variables={"STAGE": "dev"},
+        initialization_script=str(c.folder / "notebook_job" / "init.sh"),
+        additional_dependencies=[str(c.folder / "notebook_job" / "helpers.py")], instance_type="ml.m5.large")
+    second = NotebookJobStep(
+        name="Report", input_notebook=str(notebook), image_uri=image, kernel_name="python3", role=c.role,
+        s3_root_uri=c.s3("notebook-jobs"), parameters={"previous": first.properties.OutputNotebookName, "job": first.properties.ComputingJobName},
+        depends_on=[first])
+    return Pipeline(name="corpus-notebook-job", parameters=[alpha], steps=[first, second], sagemaker_session=c.session)
+
+
+@builder
+def build_step_decorator(c: Corpus):
+    "@step functions (the SDK's integ test_step_decorator): one's result feeds another and a condition."
+    from sagemaker.core.workflow.conditions import ConditionLessThan
+    from sagemaker.core.workflow.parameters import ParameterInteger
+    from sagemaker.mlops.workflow.condition_step import ConditionStep
+    from sagemaker.mlops.workflow.fail_step import FailStep
+    from sagemaker.mlops.workflow.function_step import step
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    image = f"885854791233.dkr.ecr.{c.region}.amazonaws.com/sagemaker-distribution-prod:1-cpu"
+    upper = ParameterInteger(name="Upper", default_value=100)
+
+    @step(name="generate", role=c.role, instance_type="ml.m5.large", image_uri=image, keep_alive_period_in_seconds=300)
+    def generate(bound):
+        "a number below `bound`"
+        return bound // 2
+
+    @step(name="square", role=c.role, instance_type="ml.m5.large", image_uri=image)
+    def square(value):
+        return value * value
+
+    generated = generate(upper)
+    squared = square(generated)
+    check = ConditionStep(name="SmallEnough", conditions=[ConditionLessThan(left=squared, right=10000)],
+                          if_steps=[], else_steps=[FailStep(name="TooLarge", error_message="the square is too large")])
+    return Pipeline(name="corpus-step-decorator", parameters=[upper], steps=[generated, squared, check],
+                    sagemaker_session=c.session)
+
+
+# --- pipeline-level configuration ----------------------------------------------------------------------------
+
+@builder
+def build_experiment_config(c: Corpus):
+    """A PipelineExperimentConfig with a parameter and an execution variable, a retry policy on a job step.
+
+    ParallelismConfiguration is not part of a definition: the SDK sends it as a member of the CreatePipeline,
+    UpdatePipeline and StartPipelineExecution requests (Pipeline.create(parallelism_config=...)), so the corpus
+    cannot hold it; `parallelism_request()` gives the CreatePipeline request the SDK would send with it."""
+    from sagemaker.core.processing import Processor
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.parameters import ParameterString
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.pipeline_experiment_config import PipelineExperimentConfig
+    from sagemaker.mlops.workflow.retry import (SageMakerJobExceptionTypeEnum, SageMakerJobStepRetryPolicy,
+                                                 StepExceptionTypeEnum, StepRetryPolicy)
+    from sagemaker.mlops.workflow.steps import ProcessingStep
+    experiment = ParameterString(name="ExperimentName", default_value="abalone-experiments")
+    processor = Processor(image_uri=_image("sklearn", "1.2-1", c, py_version="py3", instance_type="ml.m5.xlarge"),
+                          role=c.role, instance_count=1, instance_type="ml.m5.xlarge",
+                          entrypoint=["python3", "-c", "print('hello')"], sagemaker_session=c.session)
+    step = ProcessingStep(name="Hello", step_args=processor.run(), retry_policies=[
+        StepRetryPolicy(exception_types=[StepExceptionTypeEnum.SERVICE_FAULT, StepExceptionTypeEnum.THROTTLING],
+                        interval_seconds=1, backoff_rate=2.0, max_attempts=3),
+        SageMakerJobStepRetryPolicy(exception_types=[SageMakerJobExceptionTypeEnum.CAPACITY_ERROR],
+                                    interval_seconds=60, expire_after_mins=120)])
+    return Pipeline(name="corpus-experiment-config", parameters=[experiment], steps=[step], sagemaker_session=c.session,
+                    pipeline_experiment_config=PipelineExperimentConfig(experiment, ExecutionVariables.PIPELINE_EXECUTION_ID))
+
+
 # --- building ----------------------------------------------------------------------------------------------
 
 def build_corpus(names: list[str] | None = None) -> dict[str, dict]:
