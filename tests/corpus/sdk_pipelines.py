@@ -10,7 +10,20 @@ Sources of the shapes written here (aws/sagemaker-python-sdk, v3 layout):
   ModelTrainer, ModelBuilder build/register);
 - sagemaker-mlops/tests/unit/workflow/test_*.py (each step type);
 - aws/amazon-sagemaker-examples, sagemaker-pipelines/tabular/abalone_build_train_deploy (the abalone pipeline:
-  PropertyFile evaluation.json, ConditionLessThanOrEqualTo on JsonGet, RegisterModel with ModelMetrics).
+  PropertyFile evaluation.json, ConditionLessThanOrEqualTo on JsonGet, RegisterModel with ModelMetrics) and
+  sagemaker-pipelines/tabular/model-monitor-clarify-pipelines (QualityCheck, ClarifyCheck, DriftCheckBaselines);
+- aws/sagemaker-python-sdk v3-examples/ml-ops-examples (v3-pipeline-train-create-registry, the tuning pipeline,
+  v3-pytorch-processing-example for FrameworkProcessor with source_dir).
+
+What SDK 3.x no longer has, and what stands in for it here:
+- SKLearnProcessor: ScriptProcessor with the sklearn image (as the SDK's v3 example does);
+- framework estimators (PyTorch, SKLearn, ...) with entry_point/source_dir: ModelTrainer with SourceCode;
+- Estimator(profiler_config=, rules=): ModelTrainer has neither, so build_training_profiler adds the two members the
+  SDK's own sagemaker.core.debugger classes write (see there);
+- CreateModelStep and RegisterModel (the step collection): ModelStep with ModelBuilder.build() / .register(), which
+  still write steps of type Model and RegisterModel;
+- ParallelismConfiguration: not a member of a definition at all (a CreatePipeline/StartPipelineExecution request
+  member), so no definition here can hold it.
 """
 from __future__ import annotations
 
@@ -650,8 +663,8 @@ def build_experiment_config(c: Corpus):
     """A PipelineExperimentConfig with a parameter and an execution variable, a retry policy on a job step.
 
     ParallelismConfiguration is not part of a definition: the SDK sends it as a member of the CreatePipeline,
-    UpdatePipeline and StartPipelineExecution requests (Pipeline.create(parallelism_config=...)), so the corpus
-    cannot hold it; `parallelism_request()` gives the CreatePipeline request the SDK would send with it."""
+    UpdatePipeline and StartPipelineExecution requests (Pipeline.create(parallelism_config=...),
+    sagemaker-mlops/src/sagemaker/mlops/workflow/pipeline.py `_create_args`), so no definition can hold it."""
     from sagemaker.core.processing import Processor
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
     from sagemaker.core.workflow.parameters import ParameterString
@@ -671,6 +684,53 @@ def build_experiment_config(c: Corpus):
                                     interval_seconds=60, expire_after_mins=120)])
     return Pipeline(name="corpus-experiment-config", parameters=[experiment], steps=[step], sagemaker_session=c.session,
                     pipeline_experiment_config=PipelineExperimentConfig(experiment, ExecutionVariables.PIPELINE_EXECUTION_ID))
+
+
+@builder
+def build_mlflow_config(c: Corpus):
+    "A pipeline-level MlflowConfig (SDK 3.x: Pipeline(mlflow_config=...), sagemaker-mlops tests/unit/workflow/test_pipeline_mlflow_config.py)."
+    from sagemaker.core.shapes import MlflowConfig
+    from sagemaker.core.workflow.parameters import ParameterString
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import TrainingStep
+    experiment = ParameterString(name="MlflowExperiment", default_value="abalone")
+    trainer = _xgboost_trainer(c, c.s3("abalone", "train"))
+    return Pipeline(name="corpus-mlflow-config", parameters=[experiment], sagemaker_session=c.session,
+                    steps=[TrainingStep(name="TrainAbaloneModel", step_args=trainer.train())],
+                    mlflow_config=MlflowConfig(
+                        mlflow_resource_arn=f"arn:aws:sagemaker:{c.region}:123456789012:mlflow-tracking-server/corpus",
+                        mlflow_experiment_name=experiment))
+
+
+@builder
+def build_conditions_run_locally(c: Corpus):
+    """Every ConditionTypeEnum member on parameters only, then Fail steps: nothing here needs a job, so the local engine
+    runs it (the Fail step it reaches ends the execution as Failed)."""
+    from sagemaker.core.workflow.conditions import (ConditionEquals, ConditionGreaterThan, ConditionGreaterThanOrEqualTo,
+                                                    ConditionIn, ConditionLessThan, ConditionLessThanOrEqualTo,
+                                                    ConditionNot, ConditionOr)
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.functions import Join
+    from sagemaker.core.workflow.parameters import ParameterBoolean, ParameterFloat, ParameterInteger, ParameterString
+    from sagemaker.mlops.workflow.condition_step import ConditionStep
+    from sagemaker.mlops.workflow.fail_step import FailStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    threshold = ParameterFloat(name="Threshold", default_value=0.5)
+    score = ParameterFloat(name="Score", default_value=0.25)
+    count = ParameterInteger(name="Count", default_value=3)
+    stage = ParameterString(name="Stage", default_value="dev", enum_values=["dev", "prod"])
+    strict = ParameterBoolean(name="Strict", default_value=False)
+    conditions = [ConditionEquals(left=strict, right=False), ConditionGreaterThan(left=threshold, right=score),
+                  ConditionGreaterThanOrEqualTo(left=count, right=3), ConditionLessThan(left=score, right=threshold),
+                  ConditionLessThanOrEqualTo(left=count, right=10), ConditionIn(value=stage, in_values=["dev", "prod"]),
+                  ConditionNot(expression=ConditionEquals(left=stage, right="test")),
+                  ConditionOr(conditions=[ConditionEquals(left=count, right=3), ConditionGreaterThan(left=score, right=1.0)])]
+    passed = FailStep(name="AllConditionsHold", error_message=Join(on=" ", values=[
+        "every condition held for stage", stage, "in", ExecutionVariables.PIPELINE_EXECUTION_ID]))
+    failed = FailStep(name="SomeConditionFailed", error_message=Join(on="", values=["score ", score, " vs ", threshold]))
+    check = ConditionStep(name="CheckEveryType", conditions=conditions, if_steps=[passed], else_steps=[failed])
+    return Pipeline(name="corpus-conditions-run-locally", parameters=[threshold, score, count, stage, strict],
+                    steps=[check], sagemaker_session=c.session)
 
 
 # --- building ----------------------------------------------------------------------------------------------
