@@ -22,6 +22,8 @@ What SDK 3.x no longer has, and what stands in for it here:
   SDK's own sagemaker.core.debugger classes write (see there);
 - CreateModelStep and RegisterModel (the step collection): ModelStep with ModelBuilder.build() / .register(), which
   still write steps of type Model and RegisterModel;
+- HyperParameterTuningResourceConfig (2.x: instance configs on the tuner): 3.27 accepts them and never writes them
+  (see build_tuning_builtin_warm_start);
 - ParallelismConfiguration: not a member of a definition at all (a CreatePipeline/StartPipelineExecution request
   member), so no definition here can hold it.
 """
@@ -83,12 +85,13 @@ json.dump({"regression_metrics": {"mse": {"value": 1.0}}}, open("/opt/ml/process
 """
 
 
-def _processing_io(c: Corpus, prefix: str, outputs=("train", "validation", "test")):
+def _processing_io(c: Corpus, prefix: str, outputs=("train", "validation", "test"), **managed):
+    "A ProcessingInput of an S3 prefix and a ProcessingOutput for each of `outputs` (with `app_managed=`: as SDK 2.x wrote them)."
     from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
-    inputs = [ProcessingInput(input_name="input-1", s3_input=ProcessingS3Input(
+    inputs = [ProcessingInput(input_name="input-1", **managed, s3_input=ProcessingS3Input(
         s3_uri=c.s3(prefix, "input", "abalone.csv"), local_path="/opt/ml/processing/input", s3_data_type="S3Prefix",
         s3_input_mode="File", s3_data_distribution_type="ShardedByS3Key"))]
-    outs = [ProcessingOutput(output_name=name, s3_output=ProcessingS3Output(
+    outs = [ProcessingOutput(output_name=name, **managed, s3_output=ProcessingS3Output(
         s3_uri=c.s3(prefix, name), local_path=f"/opt/ml/processing/{name}", s3_upload_mode="EndOfJob"))
         for name in outputs]
     return inputs, outs
@@ -111,7 +114,8 @@ def build_processing_sklearn(c: Corpus):
         image_uri=_image("sklearn", "1.2-1", c, py_version="py3", instance_type="ml.m5.xlarge"),
         command=["python3"], instance_type=instance_type, instance_count=count, base_job_name="sklearn-abalone-process",
         sagemaker_session=c.session, role=c.role)
-    inputs, outputs = _processing_io(c, "abalone", ("train", "validation", "test", "evaluation"))
+    # AppManaged: SDK 2.x wrote it on every input and output; botocore's ProcessingInput/ProcessingOutput have it
+    inputs, outputs = _processing_io(c, "abalone", ("train", "validation", "test", "evaluation"), app_managed=False)
     evaluation = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
     step = ProcessingStep(
         name="PreprocessAbaloneData",
@@ -450,6 +454,62 @@ def build_tuning(c: Corpus):
                          s3_model_data_url=tuning.get_top_model_s3_uri(top_k=0, s3_bucket=c.bucket, prefix="pytorch-mnist"))
     best = ModelStep(name="CreateBestModel", step_args=model.build())
     return Pipeline(name="corpus-tuning", steps=[tuning, best], sagemaker_session=c.session)
+
+
+@builder
+def build_tuning_builtin_warm_start(c: Corpus):
+    """Tuning built-in XGBoost with a warm start from a parent job and a completion criterion; the best model is registered.
+
+    SDK 3.27's HyperparameterTuner.override_resource_config(instance_configs=...) stores the instance configs and never
+    writes them (train/tuner.py uses `instance_configs_dict` nowhere else), so no 3.x definition has 2.x's
+    HyperParameterTuningResourceConfig: the training job definition keeps its ResourceConfig."""
+    from sagemaker.core.parameter import ContinuousParameter, IntegerParameter
+    from sagemaker.core.shapes import (HyperParameterTuningJobWarmStartConfig, ParentHyperParameterTuningJob,
+                                       TuningJobCompletionCriteria)
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import TuningStep
+    from sagemaker.serve.model_builder import ModelBuilder
+    from sagemaker.train.configs import InputData
+    from sagemaker.train.tuner import HyperparameterTuner
+    trainer = _xgboost_trainer(c, c.s3("abalone", "train"), c.s3("abalone", "validation"))
+    tuner = HyperparameterTuner(
+        model_trainer=trainer, objective_metric_name="validation:rmse", objective_type="Minimize",
+        hyperparameter_ranges={"eta": ContinuousParameter(0.1, 0.5), "max_depth": IntegerParameter(3, 10),
+                               "alpha": ContinuousParameter(0, 2, scaling_type="Linear")},
+        max_jobs=4, max_parallel_jobs=2, strategy="Bayesian",
+        warm_start_config=HyperParameterTuningJobWarmStartConfig(
+            parent_hyper_parameter_tuning_jobs=[ParentHyperParameterTuningJob(hyper_parameter_tuning_job_name="parent-job")],
+            warm_start_type="IdenticalDataAndAlgorithm"),
+        completion_criteria_config=TuningJobCompletionCriteria(target_objective_metric_value=0.5))
+    tuning = TuningStep(name="TuneAbalone", step_args=tuner.tune(inputs=[
+        InputData(channel_name="train", data_source=c.s3("abalone", "train"), content_type="text/csv"),
+        InputData(channel_name="validation", data_source=c.s3("abalone", "validation"), content_type="text/csv")],
+        wait=False))
+    model = ModelBuilder(image_uri=_image("xgboost", "1.7-1", c), sagemaker_session=c.session, role_arn=c.role,
+                         s3_model_data_url=tuning.get_top_model_s3_uri(top_k=0, s3_bucket=c.bucket, prefix="abalone-train"))
+    register = ModelStep(name="RegisterBestModel", step_args=model.register(
+        model_package_group_name="AbaloneTuned", content_types=["text/csv"], response_types=["text/csv"],
+        inference_instances=["ml.m5.large"], transform_instances=["ml.m5.large"], approval_status="Approved"))
+    return Pipeline(name="corpus-tuning-warm-start", steps=[tuning, register], sagemaker_session=c.session)
+
+
+@builder
+def build_processing_pyspark(c: Corpus):
+    "PySparkProcessor (sagemaker.core.spark) with a submitted app, py files, a Spark configuration and a history log."
+    from sagemaker.core.spark.processing import PySparkProcessor
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import ProcessingStep
+    app = c.file("pyspark/preprocess.py", "from pyspark.sql import SparkSession\nSparkSession.builder.getOrCreate()\n")
+    helper = c.file("pyspark/helpers.py", "VALUE = 1\n")
+    processor = PySparkProcessor(base_job_name="sm-spark", framework_version="3.3", role=c.role, instance_count=2,
+                                 instance_type="ml.m5.xlarge", max_runtime_in_seconds=1200, sagemaker_session=c.session)
+    step = ProcessingStep(name="SparkPreprocess", step_args=processor.run(
+        submit_app=str(app), submit_py_files=[str(helper)], arguments=["--input", c.s3("spark", "in"),
+                                                                        "--output", c.s3("spark", "out")],
+        spark_event_logs_s3_uri=c.s3("spark", "events"),
+        configuration=[{"Classification": "spark-defaults", "Properties": {"spark.executor.memory": "2g"}}]))
+    return Pipeline(name="corpus-processing-pyspark", steps=[step], sagemaker_session=c.session)
 
 
 @builder
