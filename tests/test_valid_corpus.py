@@ -3,7 +3,8 @@
 `mlops validate` must refuse none of them, and `mlops run --definition` must either run each one or refuse only the
 step types the local engine lists as unsupported: never with a validation error.
 
-With `MLOPS_CORPUS_OUT=FOLDER`, every built definition is also written to `FOLDER/<name>.json`.
+With `MLOPS_CORPUS_OUT=FOLDER`, every built definition is also written to `FOLDER/<name>.json`, and what the
+validator says of each to `FOLDER/false-positives.txt` (also: `python tests/corpus/sdk_pipelines.py FOLDER`).
 """
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from corpus.sdk_pipelines import BUILDERS, build_corpus, write_corpus
+from corpus.sdk_pipelines import BUILDERS, build_corpus, validation_report, write_corpus
 from mlops.definition.validate import validate_definition
 
 BUILD_SECONDS = 60  # the whole corpus builds in well under this
@@ -28,6 +29,7 @@ def corpus() -> dict[str, dict]:
     assert seconds < BUILD_SECONDS, f"the corpus took {seconds:.1f} s to build"
     if out := os.environ.get("MLOPS_CORPUS_OUT"):
         write_corpus(definitions, Path(out))
+        (Path(out) / "false-positives.txt").write_text(validation_report(definitions))
     return definitions
 
 
