@@ -3,8 +3,10 @@ names the page or SDK file), a definition and what the local engine must do with
 
 A case has `definition` and `runs` (each run: `parameters`, `resume`, then either `refused` (raised before anything
 runs) or `status`, `failure_reason`, `steps` (status, attempt, cached, properties, properties_match), `not_run`,
-`delays` (the retry waits, in order) and `order` (pairs: the first ended before the second started)); `store` puts
-JSON objects in the local store first; `validate` lists messages `mlops validate` must report. A `transform` case
+`delays` (the retry waits, in order) and `order` (pairs: the first ended before the second started)); a step's
+`properties_after` ({A: B}) says its property A is later than (greater than) its property B; `store` puts JSON objects
+in the local store first; `validate` lists messages `mlops validate` must report; `graph_problems` lists the JSON
+pointers `mlops.definition.graph.graph_problems` must name (steps that can never run). A `transform` case
 checks a Transform request against the DeepAR transform executor's rules.
 
 Steps of type `Toy` (and Training / Processing steps with `"Toy": true`) run `Toy` below: it fails with
@@ -18,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 import mlops.engine.run as engine_run
+from mlops.definition.graph import graph_problems
 from mlops.definition.validate import semantic_errors
 from mlops.engine import DefinitionNotRunnable, StepError
 from mlops.engine.executors import Executor, executors
@@ -78,6 +81,7 @@ def check_run(execution, expected: dict, waits: list):
         if "cached" in want: assert bool(step.cached_from) == want["cached"], name
         for key, value in want.get("properties", {}).items(): assert step.properties[key] == value, (name, key)
         for key, pattern in want.get("properties_match", {}).items(): assert re.match(pattern, step.properties[key]), (name, key, step.properties[key])
+        for key, earlier in want.get("properties_after", {}).items(): assert step.properties[key] > step.properties[earlier], (name, key, step.properties)
     for name in expected.get("not_run", []): assert name not in steps, f"{name} ran"
     if "delays" in expected: assert waits == expected["delays"]
     for first, second in expected.get("order", []): assert steps[first].ended <= steps[second].started, (first, second)
@@ -105,6 +109,8 @@ def test_semantics(path, tmp_path, toys, clock):
         file = tmp_path / "store" / uri[len("s3://"):]
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(json.dumps(document))
+    if "graph_problems" in case:
+        assert [p for p, _ in graph_problems(case["definition"])] == case["graph_problems"]
     if "validate" in case:
         messages = [e.message for e in semantic_errors(case["definition"])]
         for expected in case["validate"]: assert any(expected in m for m in messages), messages
@@ -123,7 +129,11 @@ def test_semantics(path, tmp_path, toys, clock):
 def test_the_corpus_covers_the_documented_behaviours():
     names = {p.stem for p in CASES}
     for prefix in ("retry-max-attempts-", "automatic-retry-", "retry-expire-after-min", "cache-expire-", "jsonget-s3uri", "jsonget-property-file",
-                   "execution-variable-", "fail-then-resume-refused", "condition-nested-not-or-in", "depends-on-", "transform-"):
+                   "execution-variable-", "fail-then-resume-refused", "condition-nested-not-or-in", "depends-on-", "transform-",
+                   "condition-equals-types-differ", "condition-strings-compare-as-strings", "condition-not-equals-refused",
+                   "execution-variable-current-datetime", "jsonget-path-jsonpath-root", "jsonget-inside-join", "retry-both-limits-refused",
+                   "retry-max-attempts-above-cap-refused", "retry-expire-after-min-above-cap-refused", "condition-nested-condition-step",
+                   "depends-on-fail-step-"):
         assert any(n.startswith(prefix) for n in names), prefix
 
 

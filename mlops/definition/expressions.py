@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 # %% auto #0
-__all__ = ['EXPRESSIONS', 'EXECUTION_VARIABLES', 'STEP_EXECUTION_VARIABLES', 'CONDITIONS', 'REFERENCE_ROOTS', 'ExpressionError',
-           'is_expression', 'expressions', 'gets', 'reference_target', 'parse_property_path', 'lookup', 'Context',
-           'as_text', 'evaluate', 'json_get', 'json_get_problem', 'step_execution_variables', 'evaluate_condition',
-           'all_conditions']
+__all__ = ['EXPRESSIONS', 'EXECUTION_VARIABLES', 'STEP_EXECUTION_VARIABLES', 'CONDITIONS', 'REFERENCE_ROOTS', 'CONDITION_MEMBERS',
+           'ExpressionError', 'is_expression', 'expressions', 'gets', 'reference_target', 'parse_property_path',
+           'lookup', 'Context', 'as_text', 'evaluate', 'json_get', 'parse_json_path', 'json_get_problem',
+           'step_execution_variables', 'condition_problems', 'value_type', 'evaluate_condition', 'all_conditions']
 
 # %% ../../nbs/definition/01_expressions.ipynb #c98e552b
 EXPRESSIONS = ("Get", "Std:Join", "Std:JsonGet")
@@ -135,9 +135,25 @@ def json_get(spec: dict, context: Context):
         declaration = context.property_files[step][name]
         output_uri = context.get(f"Steps.{step}.ProcessingOutputConfig.Outputs['{declaration['OutputName']}'].S3Output.S3Uri")
         document = json.loads((context.open_uri(output_uri) / declaration["FilePath"]).read_text())
-    for key in parse_property_path(evaluate(spec["Path"], context)):
+    for key in parse_json_path(evaluate(spec["Path"], context)):
         document = lookup(document, key, spec["Path"])
     return document
+
+def parse_json_path(path: str) -> list[str | int]:
+    """The keys of a `Std:JsonGet` Path, written in JsonPath notation with or without its root: `a.b[0]`,
+    `$.a.b[0]` and `$['a']['b'][0]` name the same value (AWS: "Property Files and JsonGet" queries the file
+    "using JsonPath notation"; the SDK's own examples write `json_path="mse"`, its local mode reads dotted names,
+    `['keys']` and `[indices]`: `sagemaker/core/local/utils.py` `get_using_dot_notation`). Wildcards, `..` and
+    filters are refused with an `ExpressionError`."""
+    if not isinstance(path, str): raise ExpressionError(f"a Std:JsonGet Path is text, not {path!r}.")
+    rest = path.strip()
+    if rest.startswith("$"): rest = rest[1:]
+    unquoted = re.sub(r"\[\s*(['\"]).*?\1\s*\]", "", rest)  # ['keys'] may hold any character
+    if any(mark in unquoted for mark in ("*", "..", "?", ":")):
+        raise ExpressionError(f"Std:JsonGet Path {path!r} selects several values (wildcard, '..', filter or slice); "
+                              "the local engine reads one value: names, ['keys'] and [indices].")
+    try: return parse_property_path(rest)
+    except ExpressionError: raise ExpressionError(f"cannot read Std:JsonGet Path {path!r}: write it as a.b[0] or $.a.b[0].") from None
 
 def json_get_problem(spec) -> str | None:
     "Why a `Std:JsonGet` cannot be evaluated, judged from its form alone (None if it can): exactly one of PropertyFile / S3Uri, and a Path."
@@ -159,30 +175,71 @@ def step_execution_variables(step_type: str, job_name: str) -> dict:
     return {name: job_name for name, kind in STEP_EXECUTION_VARIABLES.items() if kind == step_type}
 
 # %% ../../nbs/definition/01_expressions.ipynb #835d707c
-def _number_or_text(value):
-    if isinstance(value, (int, float)) and not isinstance(value, bool): return value
-    try: return float(value)
-    except (TypeError, ValueError): return value
+# the members each condition type writes (SDK: sagemaker/core/workflow/conditions.py, the to_request of each class)
+CONDITION_MEMBERS = {**{kind: ("LeftValue", "RightValue") for kind in
+                        ("Equals", "GreaterThan", "GreaterThanOrEqualTo", "LessThan", "LessThanOrEqualTo")},
+                     "In": ("QueryValue", "Values"), "Not": ("Condition",), "Or": ("Conditions",)}
+# what people write for a condition the SDK does not have, and what says it in SageMaker's vocabulary
+_INSTEAD = {"NotEquals": 'a Not around an Equals: {"Type": "Not", "Condition": {"Type": "Equals", ...}}',
+            "NotIn": 'a Not around an In: {"Type": "Not", "Condition": {"Type": "In", ...}}',
+            "And": "the Condition step's list of Conditions (all of them must hold)"}
+
+def condition_problems(condition) -> list[tuple[str, str]]:
+    """(JSON pointer relative to `condition`, message) for each way `condition` departs from the SDK's condition
+    vocabulary: its Type in `ConditionTypeEnum`, the members that type writes and no others, nested conditions
+    (in Not and Or) checked the same way. Empty when it has the SDK's shape."""
+    if not isinstance(condition, dict): return [("", f"a condition is an object with a Type, not {condition!r}")]
+    kind = condition.get("Type")
+    if kind not in CONDITION_MEMBERS:
+        instead = f" Fix: write {_INSTEAD[kind]}." if kind in _INSTEAD else ""
+        return [("/Type", f"{kind!r} is not a SageMaker condition; the types are {', '.join(CONDITIONS)} "
+                          f"(SDK: ConditionTypeEnum).{instead}")]
+    members, problems = CONDITION_MEMBERS[kind], []
+    problems += [(f"/{m}", f"a {kind} condition needs {m}") for m in members if m not in condition]
+    problems += [(f"/{key}", f"a {kind} condition has no member {key!r}; it has Type, {', '.join(members)}")
+                 for key in condition if key != "Type" and key not in members]
+    if kind == "In" and "Values" in condition and not isinstance(condition["Values"], list):
+        problems.append(("/Values", "the Values of an In condition are a list"))
+    if kind == "Not" and "Condition" in condition:
+        problems += [(f"/Condition{p}", m) for p, m in condition_problems(condition["Condition"])]
+    if kind == "Or" and "Conditions" in condition:
+        if not isinstance(condition["Conditions"], list): problems.append(("/Conditions", "the Conditions of an Or are a list"))
+        else:
+            for i, c in enumerate(condition["Conditions"]): problems += [(f"/Conditions/{i}{p}", m) for p, m in condition_problems(c)]
+    return problems
+
+def value_type(value) -> str:
+    "The type a condition sees in a value: Boolean, Number (integer or float: JSON has one number), String, or another JSON kind."
+    if isinstance(value, bool): return "Boolean"
+    if isinstance(value, (int, float)): return "Number"
+    if isinstance(value, str): return "String"
+    return {type(None): "null", list: "List", dict: "Object"}.get(type(value), type(value).__name__)
 
 def evaluate_condition(condition: dict, context: Context) -> bool:
-    "The truth of one condition of a Condition step, with SageMaker's operators."
+    "The truth of one condition of a Condition step; `ExpressionError` (the step fails) for a malformed condition or values it cannot compare."
+    if problems := condition_problems(condition):
+        raise ExpressionError("; ".join(f"condition{p}: {m}" for p, m in problems))
     kind = condition["Type"]
     if kind == "Not": return not evaluate_condition(condition["Condition"], context)
     if kind == "Or": return any(evaluate_condition(c, context) for c in condition["Conditions"])
     if kind == "In":
         query = evaluate(condition["QueryValue"], context)
-        return any(query == evaluate(v, context) or _number_or_text(query) == _number_or_text(evaluate(v, context))
-                   for v in condition["Values"])
+        return any(value_type(v) == value_type(query) and v == query for v in (evaluate(v, context) for v in condition["Values"]))
     left, right = evaluate(condition["LeftValue"], context), evaluate(condition["RightValue"], context)
-    if kind == "Equals":
-        return left == right or _number_or_text(left) == _number_or_text(right)
-    left, right = _number_or_text(left), _number_or_text(right)
+    if value_type(left) != value_type(right):
+        raise ExpressionError(f"{kind}: LeftValue {left!r} of type {value_type(left)} and RightValue {right!r} of type "
+                              f"{value_type(right)} are not of the same type. Fix: compare values of one type (a parameter's "
+                              "value has its declared Type; a JsonGet value keeps its JSON type).")
+    if kind == "Equals": return left == right
+    if value_type(left) not in ("Number", "String"):
+        raise ExpressionError(f"{kind} compares numbers or strings, not {value_type(left)} values ({left!r}, {right!r}).")
     return {"GreaterThan": left > right, "GreaterThanOrEqualTo": left >= right,
             "LessThan": left < right, "LessThanOrEqualTo": left <= right}[kind]
 
 def all_conditions(conditions: list) -> Iterator[dict]:
-    "Every condition, those nested in Not and Or included."
-    for c in conditions:
+    "Every condition, those nested in Not and Or included (tolerates malformed input)."
+    for c in conditions if isinstance(conditions, list) else []:
         yield c
-        if c.get("Type") == "Not": yield from all_conditions([c["Condition"]])
-        if c.get("Type") == "Or": yield from all_conditions(c["Conditions"])
+        if not isinstance(c, dict): continue
+        if c.get("Type") == "Not" and isinstance(c.get("Condition"), dict): yield from all_conditions([c["Condition"]])
+        if c.get("Type") == "Or": yield from all_conditions(c.get("Conditions"))

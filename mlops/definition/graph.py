@@ -12,7 +12,7 @@ from .expressions import gets, reference_target
 
 # %% auto #0
 __all__ = ['BRANCHES', 'json_pointer', 'LocatedStep', 'located_steps', 'all_steps', 'own_arguments', 'referenced_steps',
-           'StepSpec', 'step_specs', 'step_edges', 'find_cycle', 'mermaid']
+           'StepSpec', 'step_specs', 'step_edges', 'find_cycle', 'graph_problems', 'mermaid']
 
 # %% ../../nbs/definition/02_graph.ipynb #30439f6e
 def json_pointer(parts) -> str:
@@ -115,6 +115,27 @@ def find_cycle(nodes, edges) -> list[str] | None:
     for node in graph:
         if node not in state and (cycle := visit(node)): return cycle
     return None
+
+# %% ../../nbs/definition/02_graph.ipynb #739a4bf4
+def graph_problems(definition: dict) -> list[tuple[str, str]]:
+    """(JSON pointer, message) for each step that waits for a Fail step (by `DependsOn` or a `Get` of its properties):
+    it can never run, since a Fail step ends the execution when it is reached (SDK: fail_step.py)."""
+    located = located_steps(definition)
+    fails = {s.name for s in located if s.type == "Fail"}
+    problems = []
+    for s in located:
+        for i, name in enumerate(s.step.get("DependsOn") or []):
+            if name in fails:
+                problems.append((f"{s.pointer}/DependsOn/{i}", f"step {s.name!r} depends on Fail step {name!r}, so it never runs: "
+                                 "a Fail step ends the execution as Failed when it is reached. Fix: drop the dependency, "
+                                 "or put the step on the other branch of the Condition"))
+        for path, reference in gets(own_arguments(s.step)):
+            root, name = reference_target(reference)
+            if root == "Steps" and name in fails:
+                problems.append((f"{s.pointer}/Arguments{json_pointer(path)}", f"{reference!r} refers to Fail step {name!r}, "
+                                 "which has no properties (SageMaker SDK: \"FailStep is a terminal step and the Properties "
+                                 "object is not available for it.\")"))
+    return problems
 
 # %% ../../nbs/definition/02_graph.ipynb #cadbc2fb
 def mermaid(definition: dict, title: str | None = None) -> str:

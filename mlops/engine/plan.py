@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 from ..definition.expressions import (CONDITIONS, EXECUTION_VARIABLES, EXPRESSIONS, STEP_EXECUTION_VARIABLES, Context,
-                                          all_conditions, evaluate, expressions, json_get_problem, reference_target)
+                                          ExpressionError, condition_problems, evaluate, expressions, json_get_problem,
+                                          parse_json_path, reference_target)
 from .cache import duration_seconds
 from ..definition.graph import StepSpec, json_pointer, own_arguments, step_specs
 from . import DefinitionNotRunnable
@@ -18,6 +19,7 @@ __all__ = ['check_runnable', 'Plan']
 # %% ../../nbs/engine/05_plan.ipynb #8039ad6b
 def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegistry | None = None) -> dict[str, StepSpec]:
     "The steps by name, or `DefinitionNotRunnable` listing every step and expression the engine cannot run."
+    from mlops.engine.run import retry_policy_problems  # the engine's retry rules live with its retry logic
     executors = executors or default_executors
     steps, problems = step_specs(definition), []
     context = Context(parameters=parameters, execution={k: f"<{k}>" for k in EXECUTION_VARIABLES})
@@ -41,13 +43,17 @@ def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegist
                     problems.append(f"{pointer}: Execution.{name} has a value only inside a {STEP_EXECUTION_VARIABLES[name]} step")
             elif key == "Std:JsonGet" and (problem := json_get_problem(expression["Std:JsonGet"])):
                 problems.append(f"{pointer}: {problem}")
+            elif key == "Std:JsonGet" and isinstance(path := expression["Std:JsonGet"]["Path"], str):
+                try: parse_json_path(path)
+                except ExpressionError as e: problems.append(f"{pointer}/Std:JsonGet/Path: {e}")
+        for i, policy in enumerate(spec.raw.get("RetryPolicies") or []):
+            problems += [f"/Steps/{spec.name}/RetryPolicies/{i}{p}: {m}" for p, m in retry_policy_problems(policy)]
         if (expire := (spec.raw.get("CacheConfig") or {}).get("ExpireAfter")) is not None:
             try: duration_seconds(expire)
             except DefinitionNotRunnable as e: problems.append(f"step {spec.name!r}: {e}")
         if spec.type == "Condition":
-            for condition in all_conditions(spec.arguments.get("Conditions", [])):
-                if condition.get("Type") not in CONDITIONS:
-                    problems.append(f"step {spec.name!r}: unknown condition {condition.get('Type')!r}")
+            for i, condition in enumerate(spec.arguments.get("Conditions", [])):
+                problems += [f"/Steps/{spec.name}/Arguments/Conditions/{i}{p}: {m}" for p, m in condition_problems(condition)]
     if problems:
         raise DefinitionNotRunnable("the local engine cannot run this definition: " + "; ".join(problems) +
                                     f". Supported steps: {'; '.join(executors.supported())}. Supported expressions: "

@@ -5,7 +5,7 @@
 # %% ../../../nbs/engine/executors/04_control.ipynb #059a5332
 from __future__ import annotations
 
-from ...definition.expressions import as_text, evaluate_condition
+from ...definition.expressions import ExpressionError, as_text, evaluate_condition
 from .. import StepError
 from . import Executor, StepIO, StepRun
 
@@ -18,7 +18,10 @@ class ConditionExecutor(Executor):
     step_type, runs = "Condition", "evaluated here"
 
     def run(self, step: StepRun) -> dict:
-        return {"Outcome": all(evaluate_condition(c, step.execution.context) for c in step.arguments.get("Conditions", []))}
+        context = step.execution.step_context(step)  # evaluated now: Execution.CurrentDateTime is this step's time
+        try: return {"Outcome": all(evaluate_condition(c, context) for c in step.arguments.get("Conditions", []))}
+        except (ExpressionError, KeyError) as e:  # values of two types, a property that is not there: the step fails
+            raise StepError(f"{step.name}: {e}", "ClientError") from None
 
     def describe(self, p: dict) -> StepIO:
         return StepIO(params={"Outcome": str(p.get("Outcome"))},
