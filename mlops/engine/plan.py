@@ -5,6 +5,7 @@
 # %% ../../nbs/engine/05_plan.ipynb #277a36b7
 from __future__ import annotations
 
+from ..definition.steptypes import retry_policy_problems
 from ..definition.expressions import (CONDITIONS, EXECUTION_VARIABLES, EXPRESSIONS, STEP_EXECUTION_VARIABLES, Context,
                                           ExpressionError, condition_problems, evaluate, expressions, json_get_problem,
                                           parse_json_path, reference_target)
@@ -19,7 +20,6 @@ __all__ = ['check_runnable', 'Plan']
 # %% ../../nbs/engine/05_plan.ipynb #8039ad6b
 def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegistry | None = None) -> dict[str, StepSpec]:
     "The steps by name, or `DefinitionNotRunnable` listing every step and expression the engine cannot run."
-    from mlops.engine.run import retry_policy_problems  # the engine's retry rules live with its retry logic
     executors = executors or default_executors
     steps, problems = step_specs(definition), []
     context = Context(parameters=parameters, execution={k: f"<{k}>" for k in EXECUTION_VARIABLES})

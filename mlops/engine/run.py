@@ -30,9 +30,9 @@ from .store import LocalStore
 from ..files import text_sha256
 
 # %% auto #0
-__all__ = ['LOCAL_ACCOUNT_ARN', 'AUTOMATIC_RETRY', 'AUTOMATICALLY_RETRIED', 'RETRY_LIMITS', 'ExecutionState',
-           'retry_policy_problems', 'retry_policy', 'retry_delay', 'execute_step', 'refuse_resuming_a_fail_step',
-           'definition_text', 'changed_steps', 'first_workers', 'run_definition']
+__all__ = ['LOCAL_ACCOUNT_ARN', 'AUTOMATIC_RETRY', 'AUTOMATICALLY_RETRIED', 'ExecutionState', 'retry_policy', 'retry_delay',
+           'execute_step', 'refuse_resuming_a_fail_step', 'definition_text', 'changed_steps', 'first_workers',
+           'run_definition']
 
 # %% ../../nbs/engine/07_run.ipynb #3073d27d
 LOCAL_ACCOUNT_ARN = "arn:aws:sagemaker:local:000000000000"
@@ -78,29 +78,6 @@ class ExecutionState:
 # %% ../../nbs/engine/07_run.ipynb #3db377e3
 AUTOMATIC_RETRY = {"IntervalSeconds": 1, "BackoffRate": 2.0, "MaxAttempts": 5}  # the documented defaults of a policy
 AUTOMATICALLY_RETRIED = ("Step.SERVICE_FAULT", "Step.THROTTLING")
-# the SDK's limits (sagemaker/mlops/workflow/retry.py: MAX_ATTEMPTS_CAP = 20, MAX_EXPIRE_AFTER_MIN = 14400)
-RETRY_LIMITS = {"MaxAttempts": (0, 20), "ExpireAfterMin": (0, 14400)}
-
-def retry_policy_problems(policy) -> list[tuple[str, str]]:
-    """(JSON pointer relative to the policy, message) for each way a retry policy breaks the documented rules: MaxAttempts
-    or ExpireAfterMin, not both (SDK retry.py: "Only one of [max_attempts] and [expire_after_mins] can be given.");
-    MaxAttempts 0 to 20 and ExpireAfterMin 0 to 14400 minutes (SDK retry.py's caps; AWS: "A value of 0 specifies that
-    errors are never retried"), whole numbers; IntervalSeconds and BackoffRate not negative (SDK retry.py validators)."""
-    if not isinstance(policy, dict): return [("", f"a retry policy is an object, not {policy!r}")]
-    problems = []
-    if "MaxAttempts" in policy and "ExpireAfterMin" in policy:
-        problems.append(("", "a retry policy takes MaxAttempts or ExpireAfterMin, not both (SageMaker SDK: \"Only one of "
-                             "[max_attempts] and [expire_after_mins] can be given.\"). Fix: keep one of them"))
-    for name, (low, high) in RETRY_LIMITS.items():
-        value = policy.get(name)
-        if name in policy and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
-            problems.append((f"/{name}", f"{name} is a whole number from {low} to {high}, not {value!r}"))
-    for name in ("IntervalSeconds", "BackoffRate"):
-        value = policy.get(name)
-        if name in policy and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            problems.append((f"/{name}", f"{name} is a number of 0 or more, not {value!r}"))
-    return problems
-
 def retry_policy(spec: StepSpec, kind: str) -> dict | None:
     "The retry policy that applies to a failure of `kind`: the step's first policy naming it, else SageMaker's automatic one."
     for policy in spec.raw.get("RetryPolicies", []):
