@@ -1,7 +1,11 @@
-"""Shared fixtures: small real data files and a helper that runs the real `mlops` command."""
+"""Shared fixtures: small real data files, a helper that runs the real `mlops` command, and a real moto server."""
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -65,3 +69,83 @@ def private_workspace(root: Path) -> dict:
     shutil.copytree(project_root() / "nbs" / "processing", root / "notebooks")
     return {"root": root, "home": root / "home",
             "env": {"MLOPS_HOME": str(root / "home"), "MLOPS_NOTEBOOKS_DIR": str(root / "notebooks")}}
+
+
+# a real moto_server process on 127.0.0.1, one per test module that asks for it (tests/test_remote.py, tests/test_refusals.py)
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dummy_aws_env(tmp: Path) -> dict:
+    "The environment without any real AWS configuration, plus dummy credentials."
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return {**env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
+            "AWS_CONFIG_FILE": str(tmp / "no-aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true", "COLUMNS": "160"}
+
+
+class MotoServer:
+    "A moto_server process: its URL, a boto3 client factory, and the API actions it has recorded."
+
+    def __init__(self, url: str, recording: Path, env: dict):
+        self.url, self.recording, self.env = url, recording, env
+
+    def client(self, service: str):
+        import boto3
+        return boto3.client(service, endpoint_url=self.url, region_name=REGION, aws_access_key_id="testing",
+                            aws_secret_access_key="testing")
+
+    def post(self, path: str):
+        urllib.request.urlopen(urllib.request.Request(self.url + path, method="POST"), timeout=10).read()
+
+    def actions(self) -> list[str]:
+        "Every request received since the last reset: 'SageMaker.X' for SageMaker, 'S3 METHOD path' for S3."
+        found = []
+        for line in self.recording.read_text().splitlines():
+            entry = json.loads(line)
+            target = entry["headers"].get("X-Amz-Target")
+            found.append(target if target else f"S3 {entry['method']} {entry['url'].split(self.url, 1)[-1]}")
+        return found
+
+    def run(self, *args, env=None, endpoint=True) -> subprocess.CompletedProcess:
+        "`mlops ARGS --endpoint-url URL` in a fresh process, from the repository root."
+        from mlops.config import project_root
+        argv = [*MLOPS, *map(str, args)]
+        if endpoint:
+            argv += ["--endpoint-url", self.url]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=project_root(), env=env or self.env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def moto_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("moto")
+    port, recording = free_port(), tmp / "recording.jsonl"
+    env = dummy_aws_env(tmp)
+    server_bin = Path(sys.executable).parent / "moto_server"
+    command = [str(server_bin)] if server_bin.exists() else [sys.executable, "-m", "moto.server"]
+    process = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL,
+                               env={**env, "MOTO_ENABLE_RECORDING": "true", "MOTO_RECORDER_FILEPATH": str(recording)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start on {url} (exit code {process.poll()})")
+                time.sleep(0.1)
+        yield MotoServer(url, recording, env)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()

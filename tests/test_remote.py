@@ -7,19 +7,13 @@ calls a command made, not only what it printed.
 """
 import hashlib
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import boto3
 import pytest
 
-from conftest import MLOPS
+from conftest import MLOPS, REGION, free_port
 from mlops.config import TEMPLATE_KEYS, project_root, step_notebook
 from mlops.definition.templates import example_values
 from mlops.render import TEMPLATE_FILES
@@ -27,81 +21,6 @@ from mlops.render import TEMPLATE_FILES
 ROOT = project_root()
 TEMPLATES = ROOT / "templates"
 TRAINING, INFERENCE = "DeepARTraining", "DeepARBatchInference"
-REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dummy_aws_env(tmp: Path) -> dict:
-    "The environment without any real AWS configuration, plus dummy credentials."
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    return {**env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": str(tmp / "no-aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-credentials"),
-            "AWS_EC2_METADATA_DISABLED": "true", "COLUMNS": "160"}
-
-
-class MotoServer:
-    "A moto_server process: its URL, a boto3 client factory, and the API actions it has recorded."
-
-    def __init__(self, url: str, recording: Path, env: dict):
-        self.url, self.recording, self.env = url, recording, env
-
-    def client(self, service: str):
-        return boto3.client(service, endpoint_url=self.url, region_name=REGION, aws_access_key_id="testing",
-                            aws_secret_access_key="testing")
-
-    def post(self, path: str):
-        urllib.request.urlopen(urllib.request.Request(self.url + path, method="POST"), timeout=10).read()
-
-    def actions(self) -> list[str]:
-        "Every request received since the last reset: 'SageMaker.X' for SageMaker, 'S3 METHOD path' for S3."
-        found = []
-        for line in self.recording.read_text().splitlines():
-            entry = json.loads(line)
-            target = entry["headers"].get("X-Amz-Target")
-            found.append(target if target else f"S3 {entry['method']} {entry['url'].split(self.url, 1)[-1]}")
-        return found
-
-    def run(self, *args, env=None, endpoint=True) -> subprocess.CompletedProcess:
-        "`mlops ARGS --endpoint-url URL` in a fresh process, from the repository root."
-        argv = [*MLOPS, *map(str, args)]
-        if endpoint:
-            argv += ["--endpoint-url", self.url]
-        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env or self.env, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def moto_server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("moto")
-    port, recording = free_port(), tmp / "recording.jsonl"
-    env = dummy_aws_env(tmp)
-    server_bin = Path(sys.executable).parent / "moto_server"
-    command = [str(server_bin)] if server_bin.exists() else [sys.executable, "-m", "moto.server"]
-    process = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL,
-                               env={**env, "MOTO_ENABLE_RECORDING": "true", "MOTO_RECORDER_FILEPATH": str(recording)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start on {url} (exit code {process.poll()})")
-                time.sleep(0.1)
-        yield MotoServer(url, recording, env)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture
