@@ -10,8 +10,9 @@ cfg = cfg["DEFAULT"]
 requirements = cfg.get("requirements", "").split()
 local_requirements = cfg.get("local_requirements", "").split()
 sagemaker_requirements = cfg.get("sagemaker_requirements", "").split()
+image_requirements = cfg.get("image_requirements", "").split()  # the processing image: core + these
 # dev = everything the tests need, so it includes both runtime extras
-dev_requirements = local_requirements + sagemaker_requirements + cfg.get("dev_requirements", "").split()
+dev_requirements = local_requirements + sagemaker_requirements + image_requirements + cfg.get("dev_requirements", "").split()
 lab_requirements = ["jupyterlab>=4"]
 
 setuptools.setup(
@@ -34,6 +35,7 @@ setuptools.setup(
     extras_require={
         "local": local_requirements,
         "sagemaker": sagemaker_requirements,
+        "image": image_requirements,
         "dev": dev_requirements,
         "lab": lab_requirements,
     },

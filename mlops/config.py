@@ -98,6 +98,7 @@ class TemplateKey:
     name: str
     description: str
     example: str
+    optional: bool = False  # may be given as "": then every member holding only its placeholder is left out when filled
 
 TEMPLATE_KEYS: dict[str, TemplateKey] = {key.name: key for key in [
     TemplateKey("RoleArn", "IAM role that SageMaker assumes to run every job and to create and register the model.",
@@ -113,5 +114,6 @@ TEMPLATE_KEYS: dict[str, TemplateKey] = {key.name: key for key in [
                 "sagemaker.core.image_uris.retrieve('forecasting-deepar', region).",
                 DEEPAR_IMAGE_EU_WEST_1),
     TemplateKey("KmsKeyId", "KMS key (ARN, id or alias) that encrypts the S3 outputs of the processing, training and "
-                "transform jobs.", f"arn:aws:kms:eu-west-1:{EXAMPLE_ACCOUNT_ID}:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+                "transform jobs. Optional: empty, each job's KmsKeyId is left out (S3's default encryption), never sent empty.",
+                f"arn:aws:kms:eu-west-1:{EXAMPLE_ACCOUNT_ID}:key/1234abcd-12ab-34cd-56ef-1234567890ab", optional=True),
 ]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from .config import DEEPAR_HYPERPARAMETERS, FORECAST, TEMPLATE_KEYS
+from .definition.parameters import NO_VALUE
 from .offline import NetworkAttempt, offline_aws, pipeline_session
 
 # %% auto #0
@@ -41,12 +42,12 @@ def hyperparameter_parameters() -> dict:
 # %% ../nbs/05_pipelines.ipynb #f407b67f
 DATA_SHAPE_PARAMETERS = {  # pipeline parameter -> (feature notebook parameter, default)
     "ItemIdColumn": ("item_id_column", "item_id"), "TimestampColumn": ("timestamp_column", "timestamp"),
-    "TargetColumn": ("target_column", "target"), "StaticCatColumns": ("static_cat_columns", ""),
-    "DynamicRealColumns": ("dynamic_real_columns", ""),
+    "TargetColumn": ("target_column", "target"), "StaticCatColumns": ("static_cat_columns", NO_VALUE),
+    "DynamicRealColumns": ("dynamic_real_columns", NO_VALUE),
 }
 
 def data_shape_parameters() -> dict:
-    "Pipeline parameter name → its `ParameterString`: the column names of your data (static and dynamic ones may be empty)."
+    "Pipeline parameter name → its `ParameterString`: the column names of your data (static and dynamic ones may be `none`)."
     from sagemaker.core.workflow.parameters import ParameterString
     return {name: ParameterString(name, default_value=default) for name, (_, default) in DATA_SHAPE_PARAMETERS.items()}
 
@@ -193,7 +194,8 @@ def training_pipeline(resources: dict, session=None):
     return Pipeline(name=TRAINING_PIPELINE, sagemaker_session=session, steps=[features, training, check],
                     parameters=[input_data, *data_shape.values(), processing_instance_type, processing_instance_count,
                                 training_instance_type, *hyperparameters.values(), test_windows, model_package_group,
-                                approval_status, threshold])
+                                approval_status, threshold],
+                    pipeline_experiment_config=None)  # no SageMaker Experiments entities: see "Definitions"
 
 # %% ../nbs/05_pipelines.ipynb #e2a090ee
 def _output_of(step, output: str):
@@ -252,7 +254,7 @@ def inference_pipeline(resources: dict, session=None):
     session = session or pipeline_session(resources)
     input_data = ParameterString("InputDataUri", default_value=f"s3://{resources['ArtifactBucket']}/data/inference/")
     model_package_group = ParameterString("ModelPackageGroupName", default_value="deepar-forecast")
-    model_package_arn = ParameterString("ModelPackageArn", default_value="")
+    model_package_arn = ParameterString("ModelPackageArn", default_value=NO_VALUE)  # none: the latest Approved version
     processing_instance_type = ParameterString("ProcessingInstanceType", default_value="ml.m5.xlarge")
     transform_instance_type = ParameterString("TransformInstanceType", default_value="ml.m5.xlarge")
     step = dict(pipeline=INFERENCE_PIPELINE, resources=resources, session=session,
@@ -296,7 +298,8 @@ def inference_pipeline(resources: dict, session=None):
         parameters={"transform_dir": f"{PROCESSING_ROOT}/input/transform", "index_dir": f"{PROCESSING_ROOT}/input/index",
                     "state_dir": f"{PROCESSING_ROOT}/input/state", "output_dir": f"{PROCESSING_ROOT}/output/forecasts"})
     return Pipeline(name=INFERENCE_PIPELINE, sagemaker_session=session, steps=[resolve, create, prepare, transform, report],
-                    parameters=[input_data, model_package_group, model_package_arn, processing_instance_type, transform_instance_type])
+                    parameters=[input_data, model_package_group, model_package_arn, processing_instance_type, transform_instance_type],
+                    pipeline_experiment_config=None)  # no SageMaker Experiments entities: see "Definitions"
 
 # %% ../nbs/05_pipelines.ipynb #c169309f
 PIPELINES = {TRAINING_PIPELINE: training_pipeline, INFERENCE_PIPELINE: inference_pipeline}

@@ -14,7 +14,7 @@ import tempfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from .definition.parameters import ParameterError, coerce
+from .definition.parameters import NO_VALUE, ParameterError, coerce, or_empty
 from .files import atomic_replace
 
 # %% auto #0
@@ -43,16 +43,18 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict]:
 
 # %% ../nbs/03_processing.ipynb #798ba620
 def resolve_parameters(notebook: str | Path, given: dict, declared: dict | None = None) -> dict:
-    "The given parameters converted to the notebook's declared types (`declared`: read from it if not given); an undeclared name is an error."
+    """The given parameters converted to the notebook's declared types (`declared`: read from it if not given), a string
+    one given as `NO_VALUE` to the empty string; an undeclared name is an error."""
     declared = declared_parameters(notebook) if declared is None else declared
     unknown = sorted(set(given) - set(declared))
     if unknown:
         raise StepUsageError(f"{Path(notebook).name} does not declare parameter{'s' if len(unknown) > 1 else ''} "
                              f"{', '.join(unknown)}; it declares: {', '.join(declared) or 'none'}.")
     try:
-        return {name: coerce(name, value, declared[name]["type"]) for name, value in given.items()}
+        values = {name: coerce(name, value, declared[name]["type"]) for name, value in given.items()}
     except ParameterError as e:
         raise StepUsageError(str(e)) from None
+    return {name: or_empty(value) if declared[name]["type"] is str else value for name, value in values.items()}
 
 # %% ../nbs/03_processing.ipynb #2730c398
 PROCESSING_JOB_CONFIG = "/opt/ml/config/processingjobconfig.json"

@@ -17,13 +17,13 @@ from .definition.templates import KEYS_FILE, PLACEHOLDER, FillError, fill_defini
 from .definition.validate import DefinitionInvalid, load_definition, validate_definition
 from .files import atomic_write, sha256, text_sha256
 from .pipelines import INFERENCE_PIPELINE, TRAINING_PIPELINE
-from .stack import ROLE, add_production_stack, with_group_parameter, yaml_text
+from .stack import OPTIONAL_KEY_CONDITIONS, ROLE, add_production_stack, with_group_parameter, yaml_text
 
 # %% auto #0
 __all__ = ['SENTINEL_MARK', 'SENTINEL_ACCOUNT', 'TEMPLATE_FILES', 'CLOUDFORMATION_FILE', 'FINGERPRINT_FILE', 'MAX_TEMPLATE_BYTES',
-           'sentinels', 'RenderError', 'templatize', 'dump_json', 'keys_manifest', 'sub_body', 'cloudformation',
-           'imported_modules', 'render_inputs_digest', 'render_artifacts', 'unchanged_by_fingerprint', 'render', 'fill',
-           'dag']
+           'sentinels', 'RenderError', 'templatize', 'dump_json', 'keys_manifest', 'sub_body', 'definition_body',
+           'cloudformation', 'imported_modules', 'render_inputs_digest', 'render_artifacts', 'unchanged_by_fingerprint',
+           'render', 'fill', 'dag']
 
 # %% ../nbs/06_render.ipynb #c5e21678
 SENTINEL_MARK = "mlops-sentinel-"
@@ -85,6 +85,25 @@ def sub_body(template) -> str:
     text = json.dumps(template, sort_keys=True, separators=(",", ":"), ensure_ascii=True).replace("${", "${!")
     return PLACEHOLDER.sub(lambda m: "${" + m.group(1) + "}", text)
 
+def definition_body(body: str) -> dict:
+    """The `PipelineDefinitionBody` of a `sub_body` text: `Fn::Sub` with `${RoleArn}` the stack's role; when members hold
+    only an optional key (`"KmsKeyId":"${KmsKeyId}"`), an `Fn::Join` of pieces that keeps each such member only under the
+    key's condition (`OPTIONAL_KEY_CONDITIONS`), so that an empty value is an absent member."""
+    def piece(text: str):
+        if "${RoleArn}" in text: return {"Fn::Sub": [text, {"RoleArn": ROLE}]}
+        return {"Fn::Sub": text} if "${" in text else text
+    keys = "|".join(re.escape(k) for k in OPTIONAL_KEY_CONDITIONS)
+    members = list(re.finditer(r'"(?:[^"\\]|\\.)*":"\$\{(' + keys + r')\}"', body)) if keys else []
+    if not members: return piece(body)
+    pieces, start = [], 0
+    for m in members:  # a member and one of its commas: what is left is still JSON
+        first, last = m.start(), m.end()
+        if body[first - 1] == ",": first -= 1
+        elif body[last:last + 1] == ",": last += 1
+        pieces += [piece(body[start:first]), {"Fn::If": [OPTIONAL_KEY_CONDITIONS[m.group(1)], piece(body[first:last]), ""]}]
+        start = last
+    return {"Fn::Join": ["", [*pieces, piece(body[start:])]]}
+
 def cloudformation(templates: dict[str, dict]) -> str:
     """cloudformation.yaml: one AWS::SageMaker::Pipeline per pipeline, every template key a Parameter, definitions through
     Fn::Sub; around them the production stack of `mlops.stack` (execution events, an optional least-privilege role)."""
@@ -99,7 +118,7 @@ def cloudformation(templates: dict[str, dict]) -> str:
         body = sub_body(with_group_parameter(definition, templates))
         template["Resources"][f"{name}Pipeline"] = {"Type": "AWS::SageMaker::Pipeline", "Properties": {
             "PipelineName": name, "PipelineDisplayName": name, "PipelineDescription": f"{name}, rendered by mlops render",
-            "RoleArn": ROLE, "PipelineDefinition": {"PipelineDefinitionBody": {"Fn::Sub": [body, {"RoleArn": ROLE}]}}}}
+            "RoleArn": ROLE, "PipelineDefinition": {"PipelineDefinitionBody": definition_body(body)}}}
         template["Outputs"][f"{name}PipelineName"] = {"Value": {"Ref": f"{name}Pipeline"}}
     text = yaml_text(add_production_stack(template, templates))
     if len(text.encode()) > MAX_TEMPLATE_BYTES:

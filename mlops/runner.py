@@ -94,10 +94,12 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
 
 def check_model_package(definition: dict, parameters: dict, home: Path) -> dict:
     "The model package the inference pipeline would use with `parameters` (what its ResolveModel step will answer); DefinitionNotRunnable if none."
+    from mlops.definition.parameters import or_empty
     from mlops.remote.packages import PackageNotUsable, resolve_locally
     defaults = {p["Name"]: p.get("DefaultValue") for p in definition.get("Parameters", [])}
     group = parameters.get("ModelPackageGroupName", defaults.get("ModelPackageGroupName", ""))
-    try: return resolve_locally(group, parameters.get("ModelPackageArn", defaults.get("ModelPackageArn") or ""), home)
+    arn = or_empty(parameters.get("ModelPackageArn", defaults.get("ModelPackageArn") or ""))  # none: the latest Approved
+    try: return resolve_locally(group, arn, home)
     except PackageNotUsable as e: raise DefinitionNotRunnable(str(e)) from None
 
 # %% ../nbs/08_runner.ipynb #131742a8

@@ -11,9 +11,9 @@ import re
 from .definition.graph import all_steps
 
 # %% auto #0
-__all__ = ['EXECUTION_STATUS_CHANGE', 'STEP_STATUS_CHANGE', 'LOG_RETENTION_DAYS', 'ROLE', 'GROUP_PARAMETERS', 'SAR', 'yaml_text',
-           'with_group_parameter', 'stack_parameters', 'stack_conditions', 'events_resources', 'role_statements',
-           'role_resources', 'add_production_stack']
+__all__ = ['EXECUTION_STATUS_CHANGE', 'STEP_STATUS_CHANGE', 'LOG_RETENTION_DAYS', 'ROLE', 'GROUP_PARAMETERS',
+           'OPTIONAL_KEY_CONDITIONS', 'SAR', 'yaml_text', 'with_group_parameter', 'stack_parameters',
+           'stack_conditions', 'events_resources', 'role_statements', 'role_resources', 'add_production_stack']
 
 # %% ../nbs/07_stack.ipynb #ec4bd24f
 _SHORT = {"Ref": "!Ref", "Fn::GetAtt": "!GetAtt", "Fn::Sub": "!Sub", "Fn::If": "!If", "Fn::Equals": "!Equals",
@@ -118,10 +118,13 @@ def stack_parameters(templates: dict[str, dict]) -> dict:
     if group is None: del out["ModelPackageGroupName"]
     return out
 
+OPTIONAL_KEY_CONDITIONS = {"KmsKeyId": "UseKmsKey"}  # optional template key → the condition under which it is given
+
 def stack_conditions(parameters: dict) -> dict:
     out = {"CreateExecutionRole": {"Fn::Equals": [{"Ref": "RoleArn"}, ""]},
            "CreateEventsTopic": {"Fn::Equals": [{"Ref": "EventsTopicArn"}, ""]}}
-    if "KmsKeyId" in parameters: out["UseKmsKey"] = {"Fn::Not": [{"Fn::Equals": [{"Ref": "KmsKeyId"}, ""]}]}
+    for key, condition in OPTIONAL_KEY_CONDITIONS.items():
+        if key in parameters: out[condition] = {"Fn::Not": [{"Fn::Equals": [{"Ref": key}, ""]}]}
     return out
 
 # %% ../nbs/07_stack.ipynb #5fcb497a
@@ -168,6 +171,11 @@ _JOBS = {"Processing": ("processing-job", ["CreateProcessingJob", "DescribeProce
          "Training": ("training-job", ["CreateTrainingJob", "DescribeTrainingJob", "StopTrainingJob"], "TrainingJobs"),
          "Transform": ("transform-job", ["CreateTransformJob", "DescribeTransformJob", "StopTransformJob"], "TransformJobs"),
          "Model": ("model", ["CreateModel", "DescribeModel"], None)}
+# the names Pipelines gives: a job's is documented (`pipelines-<execution>-<step>-<suffix>`), a Model step's model's is not
+_NAMES = {"Processing": "pipelines-*", "Training": "pipelines-*", "Transform": "pipelines-*", "Model": "*"}
+_MODEL_NAMES = ["a Model step's arguments name no model (CreateModel's ModelName is Pipelines' to choose), and AWS documents",
+                "no form of that name, only of job names: any model of this account and region, the model resource type of",
+                "https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonsagemaker.html"]
 SAR = "https://docs.aws.amazon.com/service-authorization/latest/reference"
 
 def _split(separator, value, index) -> dict:
@@ -191,7 +199,8 @@ def role_statements(templates: dict[str, dict], parameters: dict) -> list[dict]:
         if step_type in step_types:
             out.append({"Sid": f"{step_type}StepsOfPipelines", "Effect": "Allow",
                         "Action": [f"sagemaker:{a}" for a in actions] + ["sagemaker:AddTags"],
-                        "Resource": _arn("sagemaker", f"{resource}/pipelines-*")})
+                        "Resource": _arn("sagemaker", f"{resource}/{_NAMES[step_type]}"),
+                        **({"#Resource": _MODEL_NAMES} if _NAMES[step_type] == "*" else {})})
     if "ModelPackageGroupName" in parameters:
         out.append({"Sid": "TheModelPackageGroup", "Effect": "Allow",
                     "Action": [f"sagemaker:{a}" for a in ("CreateModelPackage", "DescribeModelPackage", "ListModelPackages",

@@ -30,6 +30,10 @@ def run_mlops(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
                           env={**os.environ, "COLUMNS": "200", **home, **(env or {})})
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow_first_run: builds a cached environment on its first run (minutes); seconds after")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_fork_servers():
     "The fork servers that the suite's `mlops run` start are its own (a private runtime folder), stopped at the end."

@@ -194,7 +194,7 @@ def test_the_inference_pipeline_resolves_its_model_package_and_feature_state(inf
     prepare_inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in inference["PrepareInference"]["Arguments"]["ProcessingInputs"]}
     assert prepare_inputs["state"] == RESOLVED("FeatureStateUri")
     defaults = {p["Name"]: p.get("DefaultValue") for p in load("DeepARBatchInference")["Parameters"]}
-    assert defaults["ModelPackageArn"] == "" and defaults["ModelPackageGroupName"] == "deepar-forecast"
+    assert defaults["ModelPackageArn"] == "none" and defaults["ModelPackageGroupName"] == "deepar-forecast"
     assert defaults["ModelPackageGroupName"] == {p["Name"]: p.get("DefaultValue") for p in load("DeepARTraining")["Parameters"]}["ModelPackageGroupName"]
 
 
@@ -254,3 +254,26 @@ def test_forecast_report_reads_the_frequency_from_a_real_feature_state(tmp_path)
     first = forecasts[forecasts["item_id"] == "item_0"]["timestamp"].tolist()
     assert first == list(pd.date_range("2024-01-07", periods=3, freq="W"))
     assert (forecasts["execution_id"] == "exec-42").all()
+
+
+@pytest.mark.parametrize("name", TEMPLATE_FILES)
+def test_with_their_defaults_and_no_kms_key_no_empty_string_reaches_sagemaker(name):
+    """CreateProcessingJob refuses an empty container argument ("Found null or empty string in ContainerArguments at index
+    N", sagemaker-python-sdk #3758), StartPipelineExecution an empty String value ('string "" is too short (length: 0,
+    required minimum: 1)', #4016); a job without a KMS key gets no KmsKeyId rather than an empty one."""
+    from mlops.definition.expressions import EXECUTION_VARIABLES, Context, as_text, evaluate
+    from mlops.definition.parameters import resolve_parameters
+    from mlops.definition.templates import example_values, fill_definition
+    definition = fill_definition(load(name), {**example_values(), "KmsKeyId": ""})
+    assert "" not in [p.get("DefaultValue") for p in definition["Parameters"]]
+    assert '"KmsKeyId"' not in json.dumps(definition)
+    context = Context(parameters=resolve_parameters(definition), execution={k: "execution-1" for k in EXECUTION_VARIABLES})
+    for step in all_steps(definition):
+        for argument in step["Arguments"].get("AppSpecification", {}).get("ContainerArguments", []):
+            if isinstance(argument, str) or "Get" in argument and argument["Get"].startswith("Parameters."):
+                assert as_text(evaluate(argument, context)) != "", (step["Name"], argument)
+    # and the notebooks still read "no value": the entry point gives them the empty string for none
+    features = declared_parameters(step_notebook("feature_engineering"))
+    from mlops.processing import resolve_parameters as notebook_parameters
+    given = notebook_parameters("feature_engineering.ipynb", {"static_cat_columns": "none", "mode": "none"}, features)
+    assert given == {"static_cat_columns": "", "mode": ""}

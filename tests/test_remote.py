@@ -174,7 +174,7 @@ def test_both_pipelines_deployed_then_inference_started_with_its_defaults(server
     assert sagemaker.list_pipeline_parameters_for_execution(PipelineExecutionArn=execution_arn).get("PipelineParameters", []) == []
     ran = json.loads(sagemaker.describe_pipeline_definition_for_execution(PipelineExecutionArn=execution_arn)["PipelineDefinition"])
     defaults = {p["Name"]: p.get("DefaultValue") for p in ran["Parameters"]}
-    assert defaults["ModelPackageArn"] == "" and defaults["ModelPackageGroupName"] == "deepar-forecast"  # the latest Approved version
+    assert defaults["ModelPackageArn"] == "none" and defaults["ModelPackageGroupName"] == "deepar-forecast"  # the latest Approved version
     assert [s["Name"] for s in ran["Steps"]][:2] == ["ResolveModel", "CreateModel"]
 
 

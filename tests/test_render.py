@@ -172,6 +172,10 @@ def test_fill_round_trip_with_hostile_values(name):
     for key, entry in keys.items():
         for pointer in entry["used_in"].get(name, []):
             expected = resolve(template, pointer)
+            if expected == "{{ KmsKeyId }}" and HOSTILE["KmsKeyId"] == "":  # no key: the member is absent, not empty
+                parent, member = pointer.rsplit("/", 1)
+                assert member not in resolve(filled, parent)
+                continue
             for k, v in HOSTILE.items():  # what a literal, single-pass substitution gives
                 expected = expected.replace("{{ " + k + " }}", "\0" + k + "\0")
             for k, v in HOSTILE.items():
@@ -253,15 +257,26 @@ def test_cloudformation_substitutes_to_the_filled_definitions():
     stack = yaml.load((TEMPLATES / CLOUDFORMATION_FILE).read_text(), Loader=CfnLoader)
     assert set(TEMPLATE_KEYS) <= set(stack["Parameters"])
     # the stack's own parameters at their defaults (ModelPackageGroupName: the group the definitions default to)
-    values = {**{k: p["Default"] for k, p in stack["Parameters"].items() if "Default" in p}, **example_values()}
-    for name, file in TEMPLATE_FILES.items():
-        properties = stack["Resources"][f"{name}Pipeline"]["Properties"]
-        assert stack["Resources"][f"{name}Pipeline"]["Type"] == "AWS::SageMaker::Pipeline"
-        body, variables = properties["PipelineDefinition"]["PipelineDefinitionBody"]["!Sub"]
-        assert set(variables) == {"RoleArn"}  # the role the stack chooses: RoleArn when given
-        substituted = re.sub(r"\$\{(\w+)\}", lambda m: json.dumps(values[m.group(1)])[1:-1], body).replace("${!", "${")
-        expected = fill_definition(json.loads((TEMPLATES / file).read_text()), example_values())
-        assert json.loads(substituted) == expected
+    defaults = {k: p["Default"] for k, p in stack["Parameters"].items() if "Default" in p}
+    # with a KMS key, and without one: then KmsKeyId is absent from every job, as mlops fill leaves it (never "")
+    for values in ({**defaults, **example_values()}, {**defaults, **example_values(), "KmsKeyId": ""}):
+        conditions = {"UseKmsKey": values["KmsKeyId"] != ""}
+        def evaluate(value):  # the intrinsic functions the bodies use: Fn::Join, Fn::If on UseKmsKey, Fn::Sub
+            if isinstance(value, str): return value
+            (function, argument), = value.items()
+            if function == "!Join": return argument[0].join(evaluate(v) for v in argument[1])
+            if function == "!If": return evaluate(argument[1] if conditions[argument[0]] else argument[2])
+            assert function == "!Sub", function
+            text, variables = (argument, {}) if isinstance(argument, str) else argument
+            assert set(variables) <= {"RoleArn"}  # the role the stack chooses: RoleArn when given
+            return re.sub(r"\$\{(\w+)\}", lambda m: json.dumps(values[m.group(1)])[1:-1], text).replace("${!", "${")
+        for name, file in TEMPLATE_FILES.items():
+            properties = stack["Resources"][f"{name}Pipeline"]["Properties"]
+            assert stack["Resources"][f"{name}Pipeline"]["Type"] == "AWS::SageMaker::Pipeline"
+            substituted = json.loads(evaluate(properties["PipelineDefinition"]["PipelineDefinitionBody"]))
+            expected = fill_definition(json.loads((TEMPLATES / file).read_text()), {**example_values(), "KmsKeyId": values["KmsKeyId"]})
+            assert substituted == expected
+            assert ('"KmsKeyId"' in json.dumps(substituted)) == conditions["UseKmsKey"]
 
 
 # --- validate: every rule has a failing example ------------------------------------------------------------

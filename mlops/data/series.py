@@ -273,7 +273,7 @@ def validate_series(raw: pd.DataFrame, columns: SeriesColumns = SeriesColumns(),
                                   f"(found: {', '.join(map(repr, raw.columns))}).",
                                   "rename the columns in the file, or pass the names that it uses "
                                   f"(pipeline parameter{'s' if len(roles) > 1 else ''} {', '.join(f'-p {r}=...' for r in roles)}; "
-                                  "an empty StaticCatColumns or DynamicRealColumns uses none).")
+                                  "StaticCatColumns=none or DynamicRealColumns=none uses no such column).")
     if raw[columns.item_id].isna().any():
         i = _first(raw[columns.item_id].isna())
         raise DataValidationError(source, "missing item id.", "give every row an item id.", columns.item_id, _where(label, i))

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 # %% auto #0
-__all__ = ['PIPELINE_TYPES', 'PARAMETER_RULES', 'COLUMN_PARAMETERS', 'PARAMETER_MEANINGS', 'ParameterError', 'coerce',
-           'declared_parameters', 'resolve_parameters', 'execution_parameters', 'parameter_problems',
+__all__ = ['PIPELINE_TYPES', 'NO_VALUE', 'PARAMETER_RULES', 'COLUMN_PARAMETERS', 'PARAMETER_MEANINGS', 'ParameterError', 'coerce',
+           'or_empty', 'declared_parameters', 'resolve_parameters', 'execution_parameters', 'parameter_problems',
            'check_parameters', 'parameter_table', 'parse_assignments']
 
 # %% ../../nbs/definition/03_parameters.ipynb #3b780783
@@ -39,6 +39,13 @@ def coerce(name: str, value, kind):
         return kind(text)
     except ValueError:
         raise ParameterError(f"parameter {name} expects {label}, got {value!r}.") from None
+
+# %% ../../nbs/definition/03_parameters.ipynb #010f386c
+NO_VALUE = "none"  # "no value" for a String parameter or a notebook argument: SageMaker refuses the empty string in both
+
+def or_empty(value):
+    "`value`, or the empty string when it is `NO_VALUE` (the word that stands for nothing where SageMaker refuses \"\")."
+    return "" if isinstance(value, str) and value.strip().lower() == NO_VALUE else value
 
 # %% ../../nbs/definition/03_parameters.ipynb #a8f6598d
 def declared_parameters(definition: dict) -> dict[str, dict]:
@@ -89,7 +96,7 @@ def _column(value):
     if not isinstance(value, str) or not value.strip() or "," in value: return "must be one column name (not empty, no comma)."
 
 def _columns(value):
-    if not isinstance(value, str): return "must be comma-separated column names, or empty for none."
+    if not isinstance(value, str): return f"must be comma-separated column names, or {NO_VALUE}."
 
 def _one_of(*choices):
     def check(value):
@@ -125,7 +132,7 @@ def parameter_problems(definition: dict, values: dict) -> list[str]:
             except HyperparameterError as e: problems.append(f"parameter {name} = {value!r}: {e.rule}")
         if name in PARAMETER_RULES and (rule := PARAMETER_RULES[name](value)):
             problems.append(f"parameter {name} = {value!r}: {rule}")
-    columns = [c.strip() for n in COLUMN_PARAMETERS if isinstance(values.get(n), str) for c in values[n].split(",") if c.strip()]
+    columns = [c.strip() for n in COLUMN_PARAMETERS if isinstance(values.get(n), str) for c in or_empty(values[n]).split(",") if c.strip()]
     if twice := sorted({c for c in columns if columns.count(c) > 1}):
         problems.append(f"column {', '.join(map(repr, twice))} is given two roles in {', '.join(n for n in COLUMN_PARAMETERS if n in values)}: "
                         "each role needs its own column.")
@@ -144,8 +151,8 @@ PARAMETER_MEANINGS = {
     "ItemIdColumn": "the column that names the series a row belongs to",
     "TimestampColumn": "the column of timestamps (ISO 8601), regular within each item",
     "TargetColumn": "the column to forecast; an empty cell is a missing value",
-    "StaticCatColumns": "comma-separated columns with one category per item (store, region); empty: none",
-    "DynamicRealColumns": "comma-separated numeric columns known in advance (price, promotion flag), future rows included; empty: none",
+    "StaticCatColumns": "comma-separated columns with one category per item (store, region); none: no such column",
+    "DynamicRealColumns": "comma-separated numeric columns known in advance (price, promotion flag), future rows included; none: no such column",
     "TimeFreq": "the data's frequency as a pandas alias (D, W-MON, MS, h, 15min); DeepAR's time_freq is mapped from it",
     "PredictionLength": "points forecast per item (DeepAR prediction_length); also the held-out test window",
     "ContextLength": "points of history the model conditions on (DeepAR context_length)",
@@ -168,7 +175,7 @@ PARAMETER_MEANINGS = {
     "ModelApprovalStatus": "approval status a newly registered version starts with",
     "QualityThreshold": "highest test:mean_wQuantileLoss that CheckQuality lets through to registration",
     "ModelName": "the model that forecasts: a model name, a group (its latest Approved version) or group/version",
-    "ModelPackageArn": "a model package version to forecast with (empty: the group's latest Approved version)",
+    "ModelPackageArn": "a model package version to forecast with (none: the group's latest Approved version)",
     "FeatureStateUri": "the feature state the model was trained with (found from the model when left to the default)",
 }
 
@@ -184,7 +191,7 @@ def parameter_table(definition: dict) -> list[dict]:
     hyperparameters = _deepar_hyperparameter_parameters(definition)
     allowed = {"TimeFreq": "a pandas frequency DeepAR supports (D, W-MON, MS, QS, h, 15min...), or empty: inferred from the data", "TestWindows": "1 or more", "ProcessingInstanceCount": "1 or more",
                "QualityThreshold": "a finite number", "ModelApprovalStatus": "Approved, Rejected or PendingManualApproval",
-               **{n: "one column name" for n in COLUMN_PARAMETERS[:3]}, **{n: "column names, or empty" for n in COLUMN_PARAMETERS[3:]}}
+               **{n: "one column name" for n in COLUMN_PARAMETERS[:3]}, **{n: f"column names, or {NO_VALUE}" for n in COLUMN_PARAMETERS[3:]}}
     rows = []
     for name, p in declared_parameters(definition).items():
         rule = allowed.get(name) or (_deepar_rule(hyperparameters[name]) if name in hyperparameters else "")

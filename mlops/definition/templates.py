@@ -52,8 +52,11 @@ def fill_definition(template, values: dict, known_keys=None, check_values: bool 
         raise FillError("; ".join(problems) + ".")
     def fill_text(text: str) -> str:
         return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+    left_out = {k for k, key in TEMPLATE_KEYS.items() if key.optional and values.get(k) == ""}
+    def absent(value) -> bool:  # the whole value is the placeholder of an optional key given as "": no member at all
+        return isinstance(value, str) and bool(m := PLACEHOLDER.fullmatch(value)) and m.group(1) in left_out
     def visit(value):
-        if isinstance(value, dict): return {fill_text(k): visit(v) for k, v in value.items()}
+        if isinstance(value, dict): return {fill_text(k): visit(v) for k, v in value.items() if not absent(v)}
         if isinstance(value, list): return [visit(v) for v in value]
         return fill_text(value) if isinstance(value, str) else value
     return visit(template)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..processing import PROCESSING_JOB_CONFIG
+from ..processing import processing_job
 
 # %% auto #0
 __all__ = ['RESOLVED_FIELDS', 'PackageNotUsable', 'package_summary', 'usable', 'resolve_on_sagemaker', 'resolve_locally',
@@ -37,7 +37,7 @@ def usable(summary: dict) -> dict:
     if status != "Approved":
         raise PackageNotUsable(f"model package {arn} is {status or 'not approved'}: CreateModel needs an Approved package. "
                                f"Fix: approve it (`mlops models approve {group} {summary['ModelPackageVersion']}`, or "
-                               f"UpdateModelPackage with ModelApprovalStatus=Approved), or leave ModelPackageArn empty "
+                               f"UpdateModelPackage with ModelApprovalStatus=Approved), or leave ModelPackageArn at none "
                                f"for the latest Approved version of {group}.")
     if not summary.get("FeatureStateUri"):
         raise PackageNotUsable(f"model package {arn} names no feature state (customer metadata feature_state_uri): "
@@ -62,7 +62,7 @@ def resolve_on_sagemaker(group: str, arn: str = "", sagemaker=None) -> dict:
         described = sagemaker.describe_model_package(ModelPackageName=arn)
     except ClientError as e:
         raise PackageNotUsable(f"no model package {arn}: {e.response['Error'].get('Message', e)}. "
-                               "Fix: give the ARN of a version of the group (ListModelPackages), or leave ModelPackageArn empty.") from None
+                               "Fix: give the ARN of a version of the group (ListModelPackages), or leave ModelPackageArn at none.") from None
     return usable(package_summary(described))
 
 # %% ../../nbs/remote/04_packages.ipynb #79a45f0a
@@ -81,8 +81,9 @@ def resolve_locally(group: str, arn: str = "", home: str | Path | None = None) -
                    "TrainingExecutionId": tags.get("metadata.pipeline_execution_id") or row.get("execution_id")})
 
 def on_sagemaker() -> bool:
-    "Whether this runs in a SageMaker processing job (SageMaker wrote its job config; the local runner sets MLOPS_HOME)."
-    return not os.environ.get("MLOPS_HOME") and Path(PROCESSING_JOB_CONFIG).is_file()
+    """Whether this runs in a SageMaker processing job: there is a job description (`mlops.processing.processing_job`: where
+    SageMaker writes it, or where MLOPS_PROCESSING_JOB_CONFIG names it) and no local store (the local runner sets MLOPS_HOME)."""
+    return not os.environ.get("MLOPS_HOME") and processing_job() is not None
 
 def resolve_package(group: str, arn: str = "", home: str | Path | None = None) -> dict:
     "The model package the inference pipeline uses (`arn`, else the latest Approved version of `group`) and its feature state."
