@@ -14,7 +14,7 @@ import pytest
 
 from mlops.engine.executors import Executor, executors
 from mlops.engine.run import run_definition
-from test_remote import INFERENCE, TRAINING, moto_server, server, values_file  # noqa: F401 (fixtures)
+from test_remote import INFERENCE, TRAINING, server, values_file  # noqa: F401 (fixtures; moto_server is in conftest)
 
 DOCUMENTED = {"Processing": ("AppSpecification", "Environment", "ProcessingInputs")}  # pipelines-default-keys.html
 STEP = "FeatureEngineering"
