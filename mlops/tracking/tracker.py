@@ -16,7 +16,7 @@ from ..deepar.metrics import epoch_metric
 from ..files import atomic_write, git_state, sha256
 from . import ModelNotFound, TrackingError
 from .registry import (APPROVAL_STATUSES, APPROVAL_TAG, ARN_PREFIX, EXECUTION_TAG, STATUS_TAG, STATUS_WORDS, STEP_TAG,
-                                     resolve_model_package, sync_approved_alias)
+                                     resolve_model_package, sync_approved_alias, name_filter)
 from .store import client, mlflow_metric_name, registry_uri, tracking_uri, artifact_location
 
 # %% auto #0
@@ -195,7 +195,7 @@ def register(self: ExecutionTracker, group: str, image: str, model_data_url: str
 
 def _registered_by(c, group: str, execution_id: str, step: str):
     "The version of `group` that step `step` of execution `execution_id` created, or None."
-    return next((v for v in c.search_model_versions(f"name = '{group}'", max_results=10000)
+    return next((v for v in c.search_model_versions(name_filter(group), max_results=10000)
                  if v.tags.get(EXECUTION_TAG) == execution_id and v.tags.get(STEP_TAG) == step), None)
 
 def _register(self: ExecutionTracker, group, image, model_data_url, approval_status, metrics, metadata, step="RegisterModel"):
@@ -204,10 +204,10 @@ def _register(self: ExecutionTracker, group, image, model_data_url, approval_sta
     c = self.client
     if self.resumed and (found := _registered_by(c, group, self.execution_id, step)):  # created before it was killed
         return self._package(group, found.version, found.tags.get(APPROVAL_TAG, approval_status))
-    if not c.search_registered_models(f"name = '{group}'"):
+    if not c.search_registered_models(name_filter(group)):
         try: c.create_registered_model(group, description="DeepAR forecasting models (one version per registration).")
         except Exception:
-            if not c.search_registered_models(f"name = '{group}'"): raise
+            if not c.search_registered_models(name_filter(group)): raise
     source_run = self._outputs.get(model_data_url) or self.run_id
     tags = {APPROVAL_TAG: approval_status, STATUS_TAG: STATUS_WORDS[approval_status], EXECUTION_TAG: self.execution_id, STEP_TAG: step,
             "mlops.pipeline": self.pipeline,
