@@ -88,9 +88,8 @@ def name_problem(field: str, value: str) -> str | None:
     shape, low, high, pattern = NAME_FIELDS[field]
     if not isinstance(value, str): return None
     if low <= len(value) <= high and _COMPILED[field].fullmatch(value): return None
-    return (f"not a valid {field}: SageMaker takes {low}-{high} characters matching {pattern} "
-            f"(botocore shape {shape}), letters, digits and hyphens. Fix: give a name of letters, digits and hyphens, "
-            "starting and ending with a letter or digit.")
+    return (f"not a valid {field}: SageMaker takes {low}-{high} characters matching {pattern} (botocore shape {shape}): "
+            "letters, digits and hyphens, starting and ending with a letter or digit.")
 
 def _name_gets(value, found):
     "Parameter name -> fields, for every `{field: {'Get': 'Parameters.X'}}` in `value`."
@@ -225,7 +224,7 @@ def service_rule_problems(definition: dict, located: list) -> list[tuple[str | N
     names = {p["Name"]: (i, p["DefaultValue"]) for i, p in enumerate(definition.get("Parameters") or [])
              if isinstance(p, dict) and isinstance(p.get("Name"), str) and "DefaultValue" in p}
     for name, problem in parameter_name_problems(definition, {name: value for name, (_, value) in names.items()}):
-        problems.append((None, f"/Parameters/{names[name][0]}/DefaultValue", f"the default of {problem}"))
+        problems.append((None, f"/Parameters/{names[name][0]}/DefaultValue", f"the default of {problem} Fix: change the default."))
     steps = {step.get("Name"): step for _, step in located}
     for pointer, step in located:
         arguments = step.get("Arguments")

@@ -44,7 +44,7 @@ def _version_row(v) -> dict:
 def name_filter(group: str) -> str:
     "MLflow's search filter for the model `group`; `ModelNotFound` for a name SageMaker's ModelPackageGroupName refuses (so no quote reaches the filter)."
     from mlops.definition.rules import name_problem
-    if problem := name_problem("ModelPackageGroupName", group): raise ModelNotFound(f"{group!r} is {problem}")
+    if problem := name_problem("ModelPackageGroupName", group): raise ModelNotFound(f"{group!r} is {problem} Fix: name a model package group (`mlops models list`).")
     return f"name = '{group}'"
 
 def model_versions(group: str | None = None, home: str | Path | None = None) -> list[dict]:
