@@ -45,7 +45,8 @@ PROCESSING_ROOT = "/opt/ml/processing/"
 def processing_local_path_problem(path) -> str | None:
     "What is wrong with `path` as a processing job's LocalPath (None: nothing, or an expression: checked once resolved)."
     if not isinstance(path, str): return None
-    rule = "AWS: a processing LocalPath \"must begin with /opt/ml/processing/\", ProcessingS3Input"
+    rule = ("AWS: \"For both ProcessingInput and ProcessingOutput, the path in the processing container must begin with "
+            "/opt/ml/processing/\", docs.aws.amazon.com/sagemaker/latest/dg/byoc-input-and-output.html")
     if not path.startswith(PROCESSING_ROOT):
         return (f"LocalPath {path!r} is not under {PROCESSING_ROOT} ({rule}). "
                 f"Fix: give a folder under {PROCESSING_ROOT}, e.g. {PROCESSING_ROOT}input/data.")
