@@ -185,12 +185,13 @@ def show_execution_summary(execution):
         console.print(table)
     for step in execution.steps:  # each step's one line, as its executor declares it
         if summary := step.io.summary: console.print(f"{step.name}: {summary}", markup=False, soft_wrap=True)
-    store = execution.home / "store"  # where the s3:// URIs of a local run live
+    from mlops.engine.store import LocalStore
+    store = LocalStore(execution.home / "store")  # where the s3:// URIs of a local run live
     for step, named in execution.outputs.items():
-        local = {k: store / v[len("s3://"):] for k, v in named.items() if v.startswith("s3://") and k != "report"}
+        local = {k: store.path(v) for k, v in named.items() if v.startswith("s3://") and k != "report"}
         if local: console.print(f"{step} outputs: " + ", ".join(f"{k} {path}" for k, path in local.items()), markup=False, soft_wrap=True)
     for step, named in execution.outputs.items():  # what a feature step dropped or replaced in your data
-        summary = store / named["report"][len("s3://"):] / "summary.json" if named.get("report", "").startswith("s3://") else None
+        summary = store.path(named["report"]) / "summary.json" if named.get("report", "").startswith("s3://") else None
         if summary is not None and summary.is_file():
             import json
             for note in data_notes(json.loads(summary.read_text())):

@@ -125,7 +125,9 @@ def _deepar_hyperparameter_parameters(definition: dict) -> dict[str, str]:
 def parameter_problems(definition: dict, values: dict) -> list[str]:
     "What is wrong with the resolved parameter `values` (from `resolve_parameters`), one message per parameter."
     from mlops.deepar.hyperparameters import HyperparameterError, parse_hyperparameter
+    from mlops.definition.rules import parameter_name_problems
     problems, hyperparameters = [], _deepar_hyperparameter_parameters(definition)
+    problems += [message for _, message in parameter_name_problems(definition, values)]  # AWS's name patterns, before any library sees a name
     for name, value in values.items():
         if name in hyperparameters:
             try: parse_hyperparameter(hyperparameters[name], value)

@@ -10,7 +10,9 @@ import json
 import re
 
 # %% auto #0
-__all__ = ['PIPELINE_DEFINITION_MAX', 'TEMPLATE_BODY_MAX', 'DEEPAR_CONTENT_TYPES', 'bucket_name_problem', 's3_uri_problem',
+__all__ = ['PROCESSING_ROOT', 'NAME_FIELDS', 'NAMED_PARAMETERS', 'PIPELINE_DEFINITION_MAX', 'TEMPLATE_BODY_MAX',
+           'DEEPAR_CONTENT_TYPES', 'bucket_name_problem', 's3_uri_problem', 'processing_local_path_problem',
+           'local_path_problems', 'name_problem', 'name_fields_of_parameters', 'parameter_name_problems',
            'value_problems', 'definition_size_problem', 'template_body_problem', 'deepar_transform_problems',
            'service_rule_problems']
 
@@ -36,6 +38,88 @@ def s3_uri_problem(uri: str) -> str | None:
     "What is wrong with `uri` as an `s3://bucket/key` URI (None: nothing)."
     if not isinstance(uri, str) or not uri.startswith("s3://"): return f"{uri!r} is not an s3:// URI"
     return bucket_name_problem(uri[len("s3://"):].split("/", 1)[0])
+
+# %% ../../nbs/definition/06_rules.ipynb #c7d1a002
+PROCESSING_ROOT = "/opt/ml/processing/"
+
+def processing_local_path_problem(path) -> str | None:
+    "What is wrong with `path` as a processing job's LocalPath (None: nothing, or an expression: checked once resolved)."
+    if not isinstance(path, str): return None
+    rule = ("AWS: \"For both ProcessingInput and ProcessingOutput, the path in the processing container must begin with "
+            "/opt/ml/processing/\", docs.aws.amazon.com/sagemaker/latest/dg/byoc-input-and-output.html")
+    if not path.startswith(PROCESSING_ROOT):
+        return (f"LocalPath {path!r} is not under {PROCESSING_ROOT} ({rule}). "
+                f"Fix: give a folder under {PROCESSING_ROOT}, e.g. {PROCESSING_ROOT}input/data.")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return (f"LocalPath {path!r} has a '.' or '..' segment, which leaves {PROCESSING_ROOT} ({rule}). "
+                f"Fix: name the folder without '.' and '..'.")
+    return None
+
+def local_path_problems(step: dict) -> list[tuple[str, str]]:
+    "(JSON pointer under the step's Arguments, message) for each LocalPath of a processing job that breaks AWS's rule."
+    arguments, problems = step.get("Arguments"), []
+    if not isinstance(arguments, dict): return []
+    inputs = arguments.get("ProcessingInputs") if isinstance(arguments.get("ProcessingInputs"), list) else []
+    outputs = (arguments.get("ProcessingOutputConfig") or {}).get("Outputs") if isinstance(arguments.get("ProcessingOutputConfig"), dict) else []
+    places = [(f"/ProcessingInputs/{i}/{kind}", item.get(kind)) for i, item in enumerate(inputs) if isinstance(item, dict)
+              for kind in ("S3Input", "DatasetDefinition")]
+    places += [(f"/ProcessingOutputConfig/Outputs/{i}/S3Output", item.get("S3Output")) for i, item in enumerate(outputs or [])
+               if isinstance(item, dict)]
+    for where, holder in places:
+        if isinstance(holder, dict) and "LocalPath" in holder and (problem := processing_local_path_problem(holder["LocalPath"])):
+            problems.append((f"{where}/LocalPath", problem))
+    return problems
+
+# %% ../../nbs/definition/06_rules.ipynb #c7d1a005
+# botocore's SageMaker model (service-2.json): (shape, min, max, pattern) of the name fields a pipeline parameter may feed
+_ARN = r"(arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:[0-9]{12}:[a-z\-]*\/)?"
+NAME_FIELDS = {
+    "ModelPackageGroupName": ("ArnOrName", 1, 170, _ARN + r"([a-zA-Z0-9]([a-zA-Z0-9-]){0,62})(?<!-)"),
+    "ModelPackageName": ("VersionedArnOrName", 1, 176, _ARN + r"([a-zA-Z0-9]([a-zA-Z0-9-]){0,62})(?<!-)(\/[0-9]{1,9})?"),
+    "ModelName": ("ModelName", 0, 63, r"[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?"),
+    "ExperimentName": ("ExperimentEntityName", 1, 120, r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,119}"),
+    "TrialName": ("ExperimentEntityName", 1, 120, r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,119}"),
+}
+NAMED_PARAMETERS = {"ModelPackageGroupName": "ModelPackageGroupName",  # a parameter name -> the field it feeds by that name
+                    "ModelPackageArn": "ModelPackageName"}  # DescribeModelPackage(ModelPackageName=arn); empty: none given
+_COMPILED = {field: re.compile(pattern) for field, (_, _, _, pattern) in NAME_FIELDS.items()}
+
+def name_problem(field: str, value: str) -> str | None:
+    "What is wrong with `value` as the name field `field` of NAME_FIELDS (None: nothing)."
+    shape, low, high, pattern = NAME_FIELDS[field]
+    if not isinstance(value, str): return None
+    if low <= len(value) <= high and _COMPILED[field].fullmatch(value): return None
+    return (f"not a valid {field}: SageMaker takes {low}-{high} characters matching {pattern} (botocore shape {shape}): "
+            "letters, digits and hyphens, starting and ending with a letter or digit.")
+
+def _name_gets(value, found):
+    "Parameter name -> fields, for every `{field: {'Get': 'Parameters.X'}}` in `value`."
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in NAME_FIELDS and isinstance(item, dict) and str(item.get("Get", "")).startswith("Parameters."):
+                found.setdefault(item["Get"].split(".", 1)[1], set()).add(key)
+            _name_gets(item, found)
+    elif isinstance(value, list):
+        for item in value: _name_gets(item, found)
+    return found
+
+def name_fields_of_parameters(definition: dict) -> dict[str, set[str]]:
+    "Parameter name -> the name fields (NAME_FIELDS) its value goes to: a `Get` that is a field's whole value, or its own name."
+    declared = [p.get("Name") for p in definition.get("Parameters") or [] if isinstance(p, dict)]
+    found = _name_gets({k: v for k, v in definition.items() if k != "Parameters"}, {})
+    for name in declared:
+        if name in NAMED_PARAMETERS: found.setdefault(name, set()).add(NAMED_PARAMETERS[name])
+    return {name: fields for name, fields in found.items() if name in declared}
+
+def parameter_name_problems(definition: dict, values: dict) -> list[tuple[str, str]]:
+    "(parameter, message) for each parameter in `values` whose value a name field it feeds refuses (an empty ModelPackageArn: none given)."
+    problems = []
+    for name, fields in sorted(name_fields_of_parameters(definition).items()):
+        value = values.get(name)
+        if not isinstance(value, str) or "{{" in value or (name == "ModelPackageArn" and value == ""): continue
+        if problem := next((p for f in sorted(fields) if (p := name_problem(f, value))), None):
+            problems.append((name, f"parameter {name} = {value!r}: {problem}"))
+    return problems
 
 # %% ../../nbs/definition/06_rules.ipynb #ffc23f6f
 _ROLE_ARN = re.compile(r"arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+")  # botocore: RoleArn
@@ -138,6 +222,10 @@ def service_rule_problems(definition: dict, located: list) -> list[tuple[str | N
         default = parameter.get("DefaultValue") if isinstance(parameter, dict) else None
         if isinstance(default, str) and _checkable_uri(default) and (problem := s3_uri_problem(default)):
             problems.append((None, f"/Parameters/{i}/DefaultValue", problem))
+    names = {p["Name"]: (i, p["DefaultValue"]) for i, p in enumerate(definition.get("Parameters") or [])
+             if isinstance(p, dict) and isinstance(p.get("Name"), str) and "DefaultValue" in p}
+    for name, problem in parameter_name_problems(definition, {name: value for name, (_, value) in names.items()}):
+        problems.append((None, f"/Parameters/{names[name][0]}/DefaultValue", f"the default of {problem} Fix: change the default."))
     steps = {step.get("Name"): step for _, step in located}
     for pointer, step in located:
         arguments = step.get("Arguments")
@@ -145,6 +233,7 @@ def service_rule_problems(definition: dict, located: list) -> list[tuple[str | N
         for path, text in _strings(arguments):
             if _checkable_uri(text) and (problem := s3_uri_problem(text)):
                 problems.append((step.get("Name"), pointer + "/Arguments/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in path), problem))
+        problems += [(step.get("Name"), f"{pointer}/Arguments{where}", message) for where, message in local_path_problems(step)]
         if step.get("Type") == "Transform" and _is_deepar_transform(step, steps):
             problems += [(step.get("Name"), f"{pointer}/Arguments{where}", message) for where, message in deepar_transform_problems(arguments)]
     return problems

@@ -12,19 +12,40 @@ from . import StepError
 from ..files import atomic_replace, sha256, staging_path
 
 # %% auto #0
-__all__ = ['LocalStore']
+__all__ = ['NAME_MAX', 'key_segment', 'LocalStore']
 
 # %% ../../nbs/engine/01_store.ipynb #cc1d886d
+_ENCODED = {"%": "%25", "\\": "%5C", "\x00": "%00"}
+NAME_MAX = 255  # bytes in one file name (Linux, macOS): a longer key segment cannot be a file
+
+def key_segment(segment: str) -> str:
+    "One segment of an S3 key as a file name that stays inside its folder: `%`, `\\`, NUL encoded; empty, `.`, `..` encoded whole."
+    if segment == "": return "%"
+    if segment in (".", ".."): return segment.replace(".", "%2E")
+    return "".join(_ENCODED.get(c, c) for c in segment)
+
+def _without_symlinks(folder, names):
+    return [n for n in names if (Path(folder) / n).is_symlink()]
+
 class LocalStore:
-    "S3 URIs as files: `s3://bucket/key` is `root/bucket/key`; any other URI is a local path."
+    "S3 URIs as files: `s3://bucket/key` is `root/bucket/key` (each segment through `key_segment`), never a path outside `root`."
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
     def path(self, uri: str) -> Path:
-        "The local file or folder of `uri`."
-        if uri.startswith("s3://"):
-            return self.root / uri[len("s3://"):].rstrip("/")
-        return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+        "The local file or folder of the S3 URI `uri`, always inside the store; `StepError` for a URI that is not `s3://`."
+        if not isinstance(uri, str) or not uri.startswith("s3://"):
+            raise StepError(f"{uri!r} is not an s3:// URI, and the local store holds S3 objects only. "
+                            "Fix: give an s3://bucket/key URI (`mlops run --data FILE` puts a file of yours in the store).")
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        key = key.rstrip("/")
+        names = [key_segment(bucket), *(key_segment(s) for s in (key.split("/") if key else []))]
+        if long := next((n for n in names if len(n.encode()) > NAME_MAX), None):
+            raise StepError(f"{uri[:80]!r}: the key segment {long[:40]!r}... is longer than {NAME_MAX} bytes, "
+                            "more than a file name can hold in the local store. Fix: use shorter segments between slashes.")
+        path = self.root.joinpath(*names)
+        assert self.root in path.parents, uri  # by construction: no name is empty, '.', '..' or holds a slash
+        return path
 
     def exists(self, uri: str) -> bool:
         "Whether `uri` holds an object, or a prefix with objects under it."
@@ -44,11 +65,11 @@ class LocalStore:
         return destination
 
     def upload(self, source: str | Path, uri: str) -> None:
-        "Make `uri` hold exactly the files of folder (or the file) `source`, atomically."
+        "Make `uri` hold exactly the files of folder (or the file) `source`, atomically; a folder's symbolic links are left out."
         source, target = Path(source), self.path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = staging_path(target)
-        shutil.copytree(source, staging) if source.is_dir() else shutil.copy2(source, staging)
+        shutil.copytree(source, staging, ignore=_without_symlinks) if source.is_dir() else shutil.copy2(source, staging)
         atomic_replace(staging, target)
 
     def digest(self, uri: str) -> str | None:

@@ -12,8 +12,8 @@ from .store import client
 
 # %% auto #0
 __all__ = ['EXECUTION_TAG', 'STEP_TAG', 'APPROVAL_TAG', 'APPROVAL_STATUSES', 'ARN_PREFIX', 'APPROVED_ALIAS', 'STATUS_TAG',
-           'STATUS_WORDS', 'parse_model_package', 'model_versions', 'set_approval', 'sync_approved_alias', 'approve',
-           'reject', 'resolve_model_package']
+           'STATUS_WORDS', 'parse_model_package', 'name_filter', 'model_versions', 'set_approval',
+           'sync_approved_alias', 'approve', 'reject', 'resolve_model_package']
 
 # %% ../../nbs/tracking/02_registry.ipynb #fec9793b
 EXECUTION_TAG = "mlops.execution_id"
@@ -41,10 +41,16 @@ def _version_row(v) -> dict:
             "model_data_url": tags.get("ModelDataUrl"), "image": tags.get("Image"),
             "metrics": {k[len("metric."):]: float(x) for k, x in tags.items() if k.startswith("metric.")}, "tags": tags}
 
+def name_filter(group: str) -> str:
+    "MLflow's search filter for the model `group`; `ModelNotFound` for a name SageMaker's ModelPackageGroupName refuses (so no quote reaches the filter)."
+    from mlops.definition.rules import name_problem
+    if problem := name_problem("ModelPackageGroupName", group): raise ModelNotFound(f"{group!r} is {problem} Fix: name a model package group (`mlops models list`).")
+    return f"name = '{group}'"
+
 def model_versions(group: str | None = None, home: str | Path | None = None) -> list[dict]:
     "Every registered version (of `group`, or of every group), by group and version."
+    query = name_filter(group) if group else ""
     c = client(home)
-    query = f"name = '{group}'" if group else ""
     return sorted((_version_row(v) for v in c.search_model_versions(query, max_results=10000)), key=lambda r: (r["group"], r["version"]))
 
 def set_approval(group: str, version: int | str, status: str, home: str | Path | None = None) -> dict:

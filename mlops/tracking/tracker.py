@@ -16,7 +16,7 @@ from ..deepar.metrics import epoch_metric
 from ..files import atomic_write, git_state, sha256
 from . import ModelNotFound, TrackingError
 from .registry import (APPROVAL_STATUSES, APPROVAL_TAG, ARN_PREFIX, EXECUTION_TAG, STATUS_TAG, STATUS_WORDS, STEP_TAG,
-                                     resolve_model_package, sync_approved_alias)
+                                     resolve_model_package, sync_approved_alias, name_filter)
 from .store import client, mlflow_metric_name, registry_uri, tracking_uri, artifact_location
 
 # %% auto #0
@@ -63,7 +63,7 @@ def _experiment_id(mlflow_client, name: str, home) -> str:
 class ExecutionTracker:
     "Logs one pipeline execution to MLflow from the engine's events, in the background; the engine's model registry."
     def __init__(self, home: str | Path, local_path: Callable[[str], Path]):
-        self.home, self.local_path = Path(home), local_path  # an S3 URI -> its file in the local store
+        self.home, self._store_path = Path(home), local_path  # an S3 URI -> its file in the local store
         self.execution_id = self.pipeline = self.run_id = None
         self._steps: dict[str, str] = {}  # step name -> nested run id
         self._outputs: dict[str, str] = {}  # output URI -> nested run id
@@ -71,6 +71,10 @@ class ExecutionTracker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
         self._failure: Exception | None = None
         self.resumed = True  # until the execution says otherwise: a registration then also looks for its earlier version
+
+    def local_path(self, uri) -> Path | None:
+        "The file or folder of the S3 URI `uri` in the local store; None for any other value (a model package ARN names no file)."
+        return self._store_path(uri) if isinstance(uri, str) and uri.startswith("s3://") else None
 
     def _submit(self, function, *args) -> Future:
         def guarded():
@@ -116,8 +120,8 @@ def _start(self: ExecutionTracker, parameters: dict, definition_sha256: str, res
             "mlops.git_commit": code["git_commit"], "mlops.git_dirty": str(code["git_dirty"]).lower(),
             "mlflow.source.git.commit": code["git_commit"], "mlops.definition_sha256": definition_sha256}
     input_uri = parameters.get("InputDataUri")
-    if isinstance(input_uri, str) and self.local_path(input_uri).exists():
-        tags.update({f"mlops.input_data.{k}": str(v) for k, v in data_facts(self.local_path(input_uri), input_uri).items()})
+    if (data := self.local_path(input_uri)) is not None and data.exists():
+        tags.update({f"mlops.input_data.{k}": str(v) for k, v in data_facts(data, input_uri).items()})
     self.run_id = c.create_run(experiment, start_time=_ms(started), run_name=self.execution_id, tags=tags).info.run_id
     c.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(parameters.items())])
 
@@ -136,7 +140,7 @@ def _log_step(self: ExecutionTracker, step, history: list[tuple] = ()):
     for kind, named in (("input", io.inputs), ("output", io.outputs)):
         for key, uri in named.items():
             tags[f"mlops.{kind}.{key}.uri"] = uri
-            if (digest := sha256(self.local_path(uri))) is not None: tags[f"mlops.{kind}.{key}.sha256"] = digest
+            if (path := self.local_path(uri)) is not None and (digest := sha256(path)) is not None: tags[f"mlops.{kind}.{key}.sha256"] = digest
     if io.notebook:
         tags["mlops.notebook"] = io.notebook
         path = self.local_path(io.inputs["code"]) if "code" in io.inputs else None
@@ -150,7 +154,7 @@ def _log_step(self: ExecutionTracker, step, history: list[tuple] = ()):
     c.log_batch(self.run_id, metrics=metrics)  # the headline on the execution's run (the client sends big batches in parts)
     if step.status == "Succeeded":
         for output, uri in io.artifacts.items():
-            path = self.local_path(uri)
+            if (path := self.local_path(uri)) is None: continue
             if path.is_dir(): c.log_artifacts(run_id, str(path), output)
             elif path.is_file(): c.log_artifact(run_id, str(path), output)
             for notebook in sorted(path.rglob("*.ipynb") if path.is_dir() else [path] if path.suffix == ".ipynb" else []):
@@ -159,7 +163,7 @@ def _log_step(self: ExecutionTracker, step, history: list[tuple] = ()):
         if io.metrics:
             c.log_dict(run_id, io.metrics, "metrics.json")
             c.log_dict(run_id, io.params, "hyperparameters.json")
-        if "model" in io.outputs and (model := self.local_path(io.outputs["model"])).is_file(): c.log_artifact(run_id, str(model), "model")
+        if "model" in io.outputs and (model := self.local_path(io.outputs["model"])) is not None and model.is_file(): c.log_artifact(run_id, str(model), "model")
     c.set_terminated(run_id, "FINISHED" if step.status == "Succeeded" else "FAILED", end_time=timestamp)
     self._steps[step.name] = run_id
     for uri in io.outputs.values(): self._outputs[uri] = run_id
@@ -195,7 +199,7 @@ def register(self: ExecutionTracker, group: str, image: str, model_data_url: str
 
 def _registered_by(c, group: str, execution_id: str, step: str):
     "The version of `group` that step `step` of execution `execution_id` created, or None."
-    return next((v for v in c.search_model_versions(f"name = '{group}'", max_results=10000)
+    return next((v for v in c.search_model_versions(name_filter(group), max_results=10000)
                  if v.tags.get(EXECUTION_TAG) == execution_id and v.tags.get(STEP_TAG) == step), None)
 
 def _register(self: ExecutionTracker, group, image, model_data_url, approval_status, metrics, metadata, step="RegisterModel"):
@@ -204,10 +208,10 @@ def _register(self: ExecutionTracker, group, image, model_data_url, approval_sta
     c = self.client
     if self.resumed and (found := _registered_by(c, group, self.execution_id, step)):  # created before it was killed
         return self._package(group, found.version, found.tags.get(APPROVAL_TAG, approval_status))
-    if not c.search_registered_models(f"name = '{group}'"):
+    if not c.search_registered_models(name_filter(group)):
         try: c.create_registered_model(group, description="DeepAR forecasting models (one version per registration).")
         except Exception:
-            if not c.search_registered_models(f"name = '{group}'"): raise
+            if not c.search_registered_models(name_filter(group)): raise
     source_run = self._outputs.get(model_data_url) or self.run_id
     tags = {APPROVAL_TAG: approval_status, STATUS_TAG: STATUS_WORDS[approval_status], EXECUTION_TAG: self.execution_id, STEP_TAG: step,
             "mlops.pipeline": self.pipeline,
@@ -230,7 +234,7 @@ def _logged_model(self: ExecutionTracker, name: str, run_id: str, model_data_url
     c = self.client
     model = c.create_logged_model(c.get_run(run_id).info.experiment_id, name=name, source_run_id=run_id,
                                   tags={"ModelDataUrl": model_data_url, "Image": image, EXECUTION_TAG: self.execution_id})
-    if (archive := self.local_path(model_data_url)).is_file():
+    if (archive := self.local_path(model_data_url)) is not None and archive.is_file():
         with tempfile.TemporaryDirectory() as folder:
             shutil.copy(archive, Path(folder) / archive.name)
             c.log_model_artifacts(model.model_id, folder)

@@ -10,23 +10,32 @@ import sys
 from pathlib import Path
 
 from ...definition.expressions import as_text
+from ...definition.rules import PROCESSING_ROOT, processing_local_path_problem
+from .. import StepError
 from . import Executor, StepIO, StepRun
 from ..processes import run_command
 
 # %% auto #0
-__all__ = ['CONTAINER_ROOT', 'MLOPS_ENTRYPOINT', 'REPORT_OUTPUTS', 'LOCAL_ARN', 'container_path', 'ProcessingExecutor']
+__all__ = ['CONTAINER_ROOT', 'MLOPS_ENTRYPOINT', 'REPORT_OUTPUTS', 'LOCAL_ARN', 'container_path', 'job_path',
+           'ProcessingExecutor']
 
 # %% ../../../nbs/engine/executors/01_processing.ipynb #47f843e5
-CONTAINER_ROOT = "/opt/ml/processing/"
+CONTAINER_ROOT = PROCESSING_ROOT  # "/opt/ml/processing/"
 MLOPS_ENTRYPOINT = ["python", "-m", "mlops.processing"]
 REPORT_OUTPUTS = ("report", "state", "forecasts", "plots", "model")  # outputs a person opens: kept with the run
 LOCAL_ARN = "arn:aws:sagemaker:local:000000000000"
 
 def container_path(value, folder: Path):
-    "`value` with the container root mapped to `folder` (other values unchanged)."
-    if isinstance(value, str) and value.startswith(CONTAINER_ROOT.rstrip("/")):
-        return str(folder / value[len(CONTAINER_ROOT):]) if len(value) > len(CONTAINER_ROOT) else str(folder)
+    "`value` with the container root mapped to `folder` when it is a path under the root without `.` or `..` (other values unchanged)."
+    if isinstance(value, str) and (value == CONTAINER_ROOT.rstrip("/") or processing_local_path_problem(value) is None):
+        return str(folder.joinpath(*[s for s in value[len(CONTAINER_ROOT):].split("/") if s]))
     return value
+
+def job_path(local_path, folder: Path, step: str = "") -> Path:
+    "Where the LocalPath `local_path` is in the job's folder `folder`; `StepError` for one AWS refuses (not under the root, `..`)."
+    if not isinstance(local_path, str) or (problem := processing_local_path_problem(local_path)):
+        raise StepError(f"{step}: " + (problem or f"LocalPath {local_path!r} is not a path."))
+    return Path(container_path(local_path, folder))
 
 # %% ../../../nbs/engine/executors/01_processing.ipynb #1b0429b7
 class ProcessingExecutor(Executor):
@@ -39,12 +48,12 @@ class ProcessingExecutor(Executor):
 
     def run(self, step: StepRun) -> dict:
         args, folder, store = step.arguments, step.folder, step.execution.store
-        for source in args.get("ProcessingInputs", []):
-            s3 = source["S3Input"]
-            store.download(s3["S3Uri"], container_path(s3["LocalPath"], folder))
         outputs = args.get("ProcessingOutputConfig", {}).get("Outputs", [])
-        for output in outputs:
-            Path(container_path(output["S3Output"]["LocalPath"], folder)).mkdir(parents=True, exist_ok=True)
+        places = {o["OutputName"]: job_path(o["S3Output"]["LocalPath"], folder, step.name) for o in outputs}  # all checked first
+        for source, place in [(s["S3Input"], job_path(s["S3Input"]["LocalPath"], folder, step.name)) for s in args.get("ProcessingInputs", [])]:
+            store.download(source["S3Uri"], place)
+        for place in places.values():
+            place.mkdir(parents=True, exist_ok=True)
         app = args["AppSpecification"]
         command = [sys.executable, "-m", "mlops.processing"] + [container_path(as_text(a), folder) for a in app.get("ContainerArguments", [])]
         env = {k: container_path(as_text(v), folder) for k, v in args.get("Environment", {}).items()}
@@ -58,10 +67,10 @@ class ProcessingExecutor(Executor):
             run_command(command, folder, step.name, step.execution.processes, step.log, env, worker=self.worker)
         finally:  # the executed notebook is a report: keep it also when the step fails
             for output in outputs:
-                local = Path(container_path(output["S3Output"]["LocalPath"], folder))
+                local = places[output["OutputName"]]
                 if output["OutputName"] == "report" and any(local.iterdir()): store.upload(local, output["S3Output"]["S3Uri"])
         for output in outputs:
-            store.upload(container_path(output["S3Output"]["LocalPath"], folder), output["S3Output"]["S3Uri"])
+            store.upload(places[output["OutputName"]], output["S3Output"]["S3Uri"])
         return {**args, "ProcessingJobName": job_name, "ProcessingJobArn": job["ProcessingJobArn"], "ProcessingJobStatus": "Completed"}
 
     def describe(self, p: dict) -> StepIO:
