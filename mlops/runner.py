@@ -64,7 +64,7 @@ def stage_step_notebooks(home: Path, definition: dict) -> list[str]:
         if not target.is_file() or target.read_bytes() != notebook.read_bytes():
             store.upload(notebook, uri)
             changed.append(notebook.name)
-    return changed
+    return sorted(changed)
 
 def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: Path, data: str | Path | None = None) -> dict:
     "Put the step notebooks and the input data in the local store; return the parameter overrides this implies."

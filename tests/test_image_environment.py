@@ -19,11 +19,8 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -190,33 +187,9 @@ def test_every_step_notebook_imports_in_the_image(image):
 # --- ResolveModel on SageMaker's code path, against moto --------------------------------------------------
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    "A moto_server process on 127.0.0.1: its URL."
-    tmp = tmp_path_factory.mktemp("moto")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=REGION,
-               AWS_CONFIG_FILE=str(tmp / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"))
-    server = Path(sys.executable).parent / "moto_server"
-    command = [str(server)] if server.exists() else [sys.executable, "-m", "moto.server"]
-    process = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=env)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).read()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try: process.wait(timeout=10)
-        except subprocess.TimeoutExpired: process.kill()
+def moto(moto_server):
+    "The URL of the module's moto server (conftest's moto_server)."
+    return moto_server.url
 
 
 def resolve_model_job(root: Path) -> list[str]:

@@ -6,15 +6,11 @@ it has no AWS::SageMaker::Pipeline nor AWS::SNS::TopicPolicy (it passes over the
 CloudWatch Logs but not to SNS. The pipelines' bodies are checked in tests/test_render.py.
 """
 import json
-import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import boto3
 import pytest
 import yaml
 
@@ -232,33 +228,9 @@ def test_cfn_lint_is_clean():
 # --- deployed to moto ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    import socket
-    tmp = tmp_path_factory.mktemp("moto")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=REGION,
-               AWS_CONFIG_FILE=str(tmp / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"))
-    server = Path(sys.executable).parent / "moto_server"
-    command = [str(server)] if server.exists() else [sys.executable, "-m", "moto.server"]
-    process = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=env)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).read()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.1)
-        yield lambda service: boto3.client(service, endpoint_url=url, region_name=REGION, aws_access_key_id="testing",
-                                           aws_secret_access_key="testing")
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def moto(moto_server):
+    "A boto3 client factory for the module's moto server (conftest's moto_server)."
+    return moto_server.client
 
 
 def deploy(client, name: str, **values) -> dict:
