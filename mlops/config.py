@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['FORECAST', 'DEEPAR_HYPERPARAMETERS', 'EXAMPLE_ACCOUNT_ID', 'DEEPAR_IMAGE_EU_WEST_1', 'TEMPLATE_KEYS',
-           'ForecastDefaults', 'project_root', 'NotebookNotFound', 'notebooks_dir', 'step_notebook', 'mlops_home',
-           'TemplateKey']
+__all__ = ['FORECAST', 'DEEPAR_INFERENCE_CONFIG', 'DEEPAR_HYPERPARAMETERS', 'EXAMPLE_ACCOUNT_ID', 'DEEPAR_IMAGE_EU_WEST_1',
+           'TEMPLATE_KEYS', 'ForecastDefaults', 'project_root', 'NotebookNotFound', 'notebooks_dir', 'step_notebook',
+           'mlops_home', 'TemplateKey']
 
 # %% ../nbs/00_config.ipynb #b6f2e530
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class ForecastDefaults:
         return asdict(self)
 
 FORECAST = ForecastDefaults()
+# what DeepAR returns per series in batch transform (the pipelines' DEEPAR_INFERENCE_CONFIG); ForecastReport reads mean and these quantiles
+DEEPAR_INFERENCE_CONFIG = {"num_samples": 100, "output_types": ["mean", "quantiles"], "quantiles": ["0.1", "0.5", "0.9"]}
 
 # %% ../nbs/00_config.ipynb #802663f0
 def project_root(start: Path | str | None = None) -> Path | None:

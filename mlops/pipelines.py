@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 
-from .config import DEEPAR_HYPERPARAMETERS, FORECAST, TEMPLATE_KEYS
+from .config import DEEPAR_HYPERPARAMETERS, DEEPAR_INFERENCE_CONFIG, FORECAST, TEMPLATE_KEYS
 from .definition.parameters import NO_VALUE
 from .offline import NetworkAttempt, offline_aws, pipeline_session
 
 # %% auto #0
 __all__ = ['TRAINING_PIPELINE', 'INFERENCE_PIPELINE', 'PROCESSING_ENTRYPOINT', 'PROCESSING_ROOT', 'CODE_DIR', 'QUALITY_METRIC',
-           'DEEPAR_INFERENCE_CONFIG', 'DATA_SHAPE_PARAMETERS', 'CACHE_EXPIRE_AFTER', 'RESOLVED_MODEL_FILE', 'PIPELINES',
+           'DATA_SHAPE_PARAMETERS', 'CACHE_EXPIRE_AFTER', 'RESOLVED_MODEL_FILE', 'PIPELINES',
            'hyperparameter_parameter', 'hyperparameter_parameters', 'data_shape_parameters', 'cache_config',
            'retry_policies', 'step_output_uri', 'notebook_step', 'training_pipeline', 'with_declared_steps',
            'inference_pipeline', 'pipeline_definitions']
@@ -25,8 +25,6 @@ PROCESSING_ENTRYPOINT = ["python", "-m", "mlops.processing"]
 PROCESSING_ROOT = "/opt/ml/processing"
 CODE_DIR = f"{PROCESSING_ROOT}/input/code"
 QUALITY_METRIC = "test:mean_wQuantileLoss"
-# what DeepAR returns per series in batch transform; ForecastReport reads mean and these quantiles
-DEEPAR_INFERENCE_CONFIG = {"num_samples": 100, "output_types": ["mean", "quantiles"], "quantiles": ["0.1", "0.5", "0.9"]}
 
 def hyperparameter_parameter(name: str) -> str:
     "The pipeline parameter that carries the DeepAR hyperparameter `name` (`time_freq` → `TimeFreq`)."

@@ -319,7 +319,7 @@ def train_deepar(work_dir: Path | None, epochs: int, hyperparameters: tuple[str,
     "Train the local DeepAR on the demo data's channels; print each epoch's loss, the metrics and where the model is."
     from rich.markup import escape
     from mlops.deepar.channels import ChannelError
-    from mlops.deepar.demo import train_demo
+    from mlops.data.demo import train_demo
     from mlops.deepar.estimator import format_progress
     from mlops.deepar.hyperparameters import HyperparameterError
     work_dir = work_dir or mlops_home() / "deepar"
