@@ -95,7 +95,7 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
 def check_model_package(definition: dict, parameters: dict, home: Path) -> dict:
     "The model package the inference pipeline would use with `parameters` (what its ResolveModel step will answer); DefinitionNotRunnable if none."
     from mlops.definition.parameters import or_empty
-    from mlops.remote.packages import PackageNotUsable, resolve_locally
+    from mlops.tracking.packages import PackageNotUsable, resolve_locally
     defaults = {p["Name"]: p.get("DefaultValue") for p in definition.get("Parameters", [])}
     group = parameters.get("ModelPackageGroupName", defaults.get("ModelPackageGroupName", ""))
     arn = or_empty(parameters.get("ModelPackageArn", defaults.get("ModelPackageArn") or ""))  # none: the latest Approved
@@ -172,7 +172,8 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         from mlops.tracking.store import preload
         from mlops.tracking.tracker import ExecutionTracker
         preload(home)  # MLflow takes seconds to import: start now, while the inputs are staged
-        tracker = ExecutionTracker(home, LocalStore(home / "store").path)
+        from mlops.deepar.metrics import epoch_metric  # the training job's metrics, as SageMaker reads them from its log
+        tracker = ExecutionTracker(home, LocalStore(home / "store").path, epoch_metric)
     from mlops.pipelines import INFERENCE_PIPELINE, TRAINING_PIPELINE  # the names only: no SDK import
     names = {"training": TRAINING_PIPELINE, "inference": INFERENCE_PIPELINE}
     if resume := options.get("resume"):  # the pipeline it ran, as it is now (the engine refuses it if it changed)

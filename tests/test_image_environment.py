@@ -176,7 +176,7 @@ print(json.dumps({"failed": failed, "mlops": mlops.__file__}))
 
 def test_every_step_notebook_imports_in_the_image(image):
     modules = notebook_imports(sorted((ROOT / "nbs" / "processing").glob("*.ipynb")))
-    assert {"mlops.remote.packages", "mlops.data.features", "pandas", "matplotlib.pyplot"} <= set(modules)
+    assert {"mlops.tracking.packages", "mlops.data.features", "pandas", "matplotlib.pyplot"} <= set(modules)
     result = image.run(["python", "-c", IMPORT_ALL, json.dumps(modules)])
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.splitlines()[-1])

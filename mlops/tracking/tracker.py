@@ -12,7 +12,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from ..deepar.metrics import epoch_metric
 from ..files import atomic_write, git_state, sha256
 from . import ModelNotFound, TrackingError
 from .registry import (APPROVAL_STATUSES, APPROVAL_TAG, ARN_PREFIX, EXECUTION_TAG, STATUS_TAG, STATUS_WORDS, STEP_TAG,
@@ -62,8 +61,9 @@ def _experiment_id(mlflow_client, name: str, home) -> str:
 
 class ExecutionTracker:
     "Logs one pipeline execution to MLflow from the engine's events, in the background; the engine's model registry."
-    def __init__(self, home: str | Path, local_path: Callable[[str], Path]):
+    def __init__(self, home: str | Path, local_path: Callable[[str], Path], metric_of_line: Callable[[str], dict | None] | None = None):
         self.home, self._store_path = Path(home), local_path  # an S3 URI -> its file in the local store
+        self._metric_of_line = metric_of_line or (lambda line: None)  # a log line -> {name, epoch, value}, or None
         self.execution_id = self.pipeline = self.run_id = None
         self._steps: dict[str, str] = {}  # step name -> nested run id
         self._outputs: dict[str, str] = {}  # output URI -> nested run id
@@ -94,7 +94,7 @@ class ExecutionTracker:
             self.execution_id, self.pipeline, started = event.execution_id, event.details["pipeline"], time.time()
             self.resumed = event.details["resumed"]  # only a resumed execution can have registered a version already
             self._submit(self._start, event.details["parameters"], event.details["definition_sha256"], event.details["resumed"], started)
-        elif event.kind == "step-log" and event.step is not None and (point := epoch_metric(event.line or "")):
+        elif event.kind == "step-log" and event.step is not None and (point := self._metric_of_line(event.line or "")):
             self._history.setdefault(event.step.name, []).append((point["name"], point["epoch"], point["value"], time.time()))
         elif event.kind in ("step-succeeded", "step-failed", "step-cached"):
             self._submit(self._log_step, event.step, self._history.pop(event.step.name, []))
