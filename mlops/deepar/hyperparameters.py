@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping
 # %% auto #0
 __all__ = ['SAGEMAKER_FREQ', 'LIKELIHOODS', 'DEFAULT_QUANTILES', 'LIKELIHOOD_SPELLINGS', 'SUPPORTED_FREQUENCIES',
            'REQUIRED_HYPERPARAMETERS', 'HyperparameterError', 'UnsupportedFrequency', 'deepar_time_freq',
-           'parse_hyperparameter', 'DeepARHyperparameters']
+           'parse_hyperparameter', 'DeepARHyperparameters', 'hyperparameters_problem', 'hyperparameter_problem',
+           'frequency_problem']
 
 # %% ../../nbs/deepar/01_hyperparameters.ipynb #04a4fbfb
 class HyperparameterError(ValueError):
@@ -206,3 +207,22 @@ class DeepARHyperparameters:
     def uses_dynamic_feat(self) -> bool:
         "Whether dynamic features (`dynamic_feat`) may be used: `num_dynamic_feat` is not ignore/empty."
         return self.num_dynamic_feat not in ("ignore", "")
+
+# %% ../../nbs/deepar/01_hyperparameters.ipynb #24ba17d0
+def hyperparameters_problem(given: Mapping[str, Any], computed: tuple[str, ...] = ()) -> tuple[str, str] | None:
+    "`(name, message)` of the first problem of a training step's hyperparameter strings `given` by DeepAR's rules, or None."
+    try: DeepARHyperparameters.from_strings(given, computed=computed)
+    except HyperparameterError as e: return e.name, str(e)
+    return None
+
+def hyperparameter_problem(name: str, value) -> str | None:
+    "The rule `value` breaks as DeepAR hyperparameter `name` (`must be ...`), or None."
+    try: parse_hyperparameter(name, value)
+    except HyperparameterError as e: return e.rule
+    return None
+
+def frequency_problem(freq: str) -> str | None:
+    "The rule the pandas frequency `freq` breaks as the data's frequency (DeepAR's `time_freq` is mapped from it), or None."
+    try: deepar_time_freq(freq)
+    except UnsupportedFrequency as e: return f"must be a pandas frequency that DeepAR supports: {str(e).split('Supported: ', 1)[1]}"
+    return None

@@ -87,10 +87,9 @@ def _finite(value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value): return "must be a finite number."
 
 def _frequency(value):
-    from mlops.deepar.hyperparameters import UnsupportedFrequency, deepar_time_freq
+    from mlops.definition.algorithms import algorithm_rules
     if value == "": return None  # inferred from the data by the feature step (and checked there)
-    try: deepar_time_freq(value)
-    except UnsupportedFrequency as e: return f"must be a pandas frequency that DeepAR supports: {str(e).split('Supported: ', 1)[1]}"
+    return algorithm_rules("DeepAR").frequency_problem(value)  # TimeFreq is mapped to DeepAR's time_freq
 
 def _column(value):
     if not isinstance(value, str) or not value.strip() or "," in value: return "must be one column name (not empty, no comma)."
@@ -109,29 +108,28 @@ PARAMETER_RULES = {"TimeFreq": _frequency, "TestWindows": _at_least(1), "Process
                    "ModelApprovalStatus": _one_of("Approved", "Rejected", "PendingManualApproval")}
 COLUMN_PARAMETERS = ("ItemIdColumn", "TimestampColumn", "TargetColumn", "StaticCatColumns", "DynamicRealColumns")
 
-def _deepar_hyperparameter_parameters(definition: dict) -> dict[str, str]:
-    "Parameter name → the DeepAR hyperparameter it feeds (a `Get` in a DeepAR training step's HyperParameters)."
+def _hyperparameter_parameters(definition: dict) -> dict[str, tuple]:
+    "Parameter name → (the built-in algorithm, the hyperparameter it feeds): a `Get` in the HyperParameters of a training step of that algorithm."
+    from mlops.definition.algorithms import algorithm_of
     from mlops.definition.graph import all_steps
     found = {}
     for step in all_steps(definition):
         arguments = step.get("Arguments") or {}
-        if step.get("Type") != "Training" or "forecasting-deepar" not in str(arguments.get("AlgorithmSpecification", {}).get("TrainingImage")) \
-                and "DeepARImageUri" not in str(arguments.get("AlgorithmSpecification", {}).get("TrainingImage")): continue
+        if step.get("Type") != "Training" or (algorithm := algorithm_of(arguments)) is None: continue
         for name, value in (arguments.get("HyperParameters") or {}).items():
             if isinstance(value, dict) and str(value.get("Get", "")).startswith("Parameters."):
-                found[value["Get"].split(".", 1)[1]] = name
+                found[value["Get"].split(".", 1)[1]] = (algorithm, name)
     return found
 
 def parameter_problems(definition: dict, values: dict) -> list[str]:
     "What is wrong with the resolved parameter `values` (from `resolve_parameters`), one message per parameter."
-    from mlops.deepar.hyperparameters import HyperparameterError, parse_hyperparameter
+    from mlops.definition.algorithms import algorithm_rules
     from mlops.definition.rules import parameter_name_problems
-    problems, hyperparameters = [], _deepar_hyperparameter_parameters(definition)
+    problems, hyperparameters = [], _hyperparameter_parameters(definition)
     problems += [message for _, message in parameter_name_problems(definition, values)]  # AWS's name patterns, before any library sees a name
     for name, value in values.items():
-        if name in hyperparameters:
-            try: parse_hyperparameter(hyperparameters[name], value)
-            except HyperparameterError as e: problems.append(f"parameter {name} = {value!r}: {e.rule}")
+        if name in hyperparameters and (rule := algorithm_rules(hyperparameters[name][0]).hyperparameter_problem(hyperparameters[name][1], value)):
+            problems.append(f"parameter {name} = {value!r}: {rule}")
         if name in PARAMETER_RULES and (rule := PARAMETER_RULES[name](value)):
             problems.append(f"parameter {name} = {value!r}: {rule}")
     columns = [c.strip() for n in COLUMN_PARAMETERS if isinstance(values.get(n), str) for c in or_empty(values[n]).split(",") if c.strip()]
@@ -181,22 +179,21 @@ PARAMETER_MEANINGS = {
     "FeatureStateUri": "the feature state the model was trained with (found from the model when left to the default)",
 }
 
-def _deepar_rule(hyperparameter: str) -> str:
-    "DeepAR's rule for `hyperparameter`, in words (what it says of a value that is nothing)."
-    from mlops.deepar.hyperparameters import HyperparameterError, parse_hyperparameter
-    try: parse_hyperparameter(hyperparameter, "\x00")
-    except HyperparameterError as e: return e.rule.removeprefix("must be ").rstrip(".")
-    return ""
+def _algorithm_rule(algorithm, hyperparameter: str) -> str:
+    "The built-in `algorithm`'s rule for `hyperparameter`, in words (what it says of a value that is nothing)."
+    from mlops.definition.algorithms import algorithm_rules
+    rule = algorithm_rules(algorithm).hyperparameter_problem(hyperparameter, "\x00")
+    return rule.removeprefix("must be ").rstrip(".") if rule else ""
 
 def parameter_table(definition: dict) -> list[dict]:
     "Every parameter of `definition`: name, type, default, meaning (`PARAMETER_MEANINGS`) and the allowed values it is checked against."
-    hyperparameters = _deepar_hyperparameter_parameters(definition)
+    hyperparameters = _hyperparameter_parameters(definition)
     allowed = {"TimeFreq": "a pandas frequency DeepAR supports (D, W-MON, MS, QS, h, 15min...), or empty: inferred from the data", "TestWindows": "1 or more", "ProcessingInstanceCount": "1 or more",
                "QualityThreshold": "a finite number", "ModelApprovalStatus": "Approved, Rejected or PendingManualApproval",
                **{n: "one column name" for n in COLUMN_PARAMETERS[:3]}, **{n: f"column names, or {NO_VALUE}" for n in COLUMN_PARAMETERS[3:]}}
     rows = []
     for name, p in declared_parameters(definition).items():
-        rule = allowed.get(name) or (_deepar_rule(hyperparameters[name]) if name in hyperparameters else "")
+        rule = allowed.get(name) or (_algorithm_rule(*hyperparameters[name]) if name in hyperparameters else "")
         rows.append({"name": name, "type": p.get("Type", "String"), "default": p.get("DefaultValue"),
                      "meaning": PARAMETER_MEANINGS.get(name, ""), "allowed": rule})
     return rows

@@ -17,7 +17,6 @@ from .parameters import ParameterError, coerce
 from .rules import service_rule_problems, template_body_problem
 from .shapes import property_problem, request_shape, service_model, shape_at, shape_problems
 from .steptypes import STEP_TYPES, WORKFLOW_REFUSED, member_problems, retry_policy_problems
-from .templates import placeholder
 
 # %% auto #0
 __all__ = ['SCHEMA_OVERLAY', 'GET_ROOTS', 'MAX_DEPTH', 'DefinitionError', 'DefinitionInvalid', 'OverlayEntry',
@@ -246,20 +245,17 @@ def semantic_errors(definition: dict) -> list[DefinitionError]:
     return errors
 
 # %% ../../nbs/definition/05_validate.ipynb #0ce9fbd5
-def _is_deepar(arguments: dict) -> bool:
-    image = (arguments.get("AlgorithmSpecification") or {}).get("TrainingImage")
-    return isinstance(image, str) and ("forecasting-deepar" in image or placeholder("DeepARImageUri") in image)
-
 def deepar_errors(definition: dict, values: dict | None = None) -> list[DefinitionError]:
-    "Problems of the DeepAR hyperparameters (the values given for the parameters they come from, else their defaults) by DeepAR's rules."
-    from mlops.deepar.hyperparameters import DeepARHyperparameters, HyperparameterError
+    """Problems of the DeepAR hyperparameters (the values given for the parameters they come from, else their defaults) by DeepAR's rules:
+    those of each built-in algorithm of `mlops.definition.algorithms` (DeepAR's is the one this project registers)."""
+    from mlops.definition.algorithms import algorithm_of, algorithm_rules
     values = values or {}
     defaults = {p.get("Name"): (i, values.get(p.get("Name"), p.get("DefaultValue")))
                 for i, p in enumerate(definition.get("Parameters", [])) if isinstance(p, dict)}
     errors = []
     for pointer, step in [(s.pointer, s.step) for s in located_steps(definition)]:
         arguments = step.get("Arguments")
-        if step.get("Type") != "Training" or not isinstance(arguments, dict) or not _is_deepar(arguments): continue
+        if step.get("Type") != "Training" or not isinstance(arguments, dict) or (algorithm := algorithm_of(arguments)) is None: continue
         given, origin, computed = {}, {}, []
         for name, value in (arguments.get("HyperParameters") or {}).items():
             where = f"{pointer}/Arguments/HyperParameters{json_pointer([name])}"
@@ -277,10 +273,9 @@ def deepar_errors(definition: dict, values: dict | None = None) -> list[Definiti
                 computed.append(name)  # computed at run time (time_freq: Std:JsonGet of the feature state)
                 continue
             given[name], origin[name] = value, where
-        try:
-            DeepARHyperparameters.from_strings(given, computed=tuple(computed))
-        except HyperparameterError as e:
-            errors.append(DefinitionError(step.get("Name"), origin.get(e.name, f"{pointer}/Arguments/HyperParameters"), str(e), "deepar"))
+        if problem := algorithm_rules(algorithm).hyperparameters_problem(given, tuple(computed)):
+            name, message = problem
+            errors.append(DefinitionError(step.get("Name"), origin.get(name, f"{pointer}/Arguments/HyperParameters"), message, algorithm.check))
     return errors
 
 # %% ../../nbs/definition/05_validate.ipynb #a1720ac3
