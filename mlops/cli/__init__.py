@@ -12,12 +12,14 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+import importlib
+
 from .. import __version__
 from ..definition.parameters import ParameterError, parse_assignments
 
 # %% auto #0
-__all__ = ['console', 'err_console', 'PIPELINE_NAMES', 'PIPELINE_HELP', 'PIPELINE', 'StreamConsole', 'fail', 'main',
-           'assignments', 'PipelineName', 'sagemaker_name', 'format_time']
+__all__ = ['console', 'err_console', 'COMMANDS', 'PIPELINE_NAMES', 'PIPELINE_HELP', 'PIPELINE', 'StreamConsole', 'fail',
+           'LazyGroup', 'main', 'assignments', 'PipelineName', 'sagemaker_name', 'format_time']
 
 # %% ../../nbs/cli/00_cli.ipynb #fa10e66d
 class StreamConsole:
@@ -54,8 +56,38 @@ def fail(message: str, code: int = 1, **details):
         err_console.print(f"  {key}: {value}", soft_wrap=True)
     sys.exit(code)
 
+# %% ../../nbs/cli/00_cli.ipynb #394e6cd6
+# command -> "module.object": each chapter of mlops.cli defines its commands; the group imports a chapter when one
+# of its commands runs (or --help lists them), so no chapter is imported by this package's __init__
+COMMANDS = {
+    "demo-data": "mlops.cli.local.demo_data_command", "features": "mlops.cli.local.features", "run": "mlops.cli.local.run",
+    "runs": "mlops.cli.local.runs", "status": "mlops.cli.local.status", "logs": "mlops.cli.local.logs",
+    "train-deepar": "mlops.cli.local.train_deepar",
+    "models": "mlops.cli.registry.models", "lineage": "mlops.cli.registry.lineage", "ui": "mlops.cli.registry.ui",
+    "render": "mlops.cli.deploy.render", "fill": "mlops.cli.deploy.fill", "validate": "mlops.cli.deploy.validate",
+    "deploy": "mlops.cli.deploy.deploy", "start": "mlops.cli.deploy.start", "watch": "mlops.cli.deploy.watch",
+    "events": "mlops.cli.events.events", "dag": "mlops.cli.dag.dag",
+    "params": "mlops.cli.steps.params", "new-step": "mlops.cli.steps.new_step",
+}
+
+class LazyGroup(click.Group):
+    "A click group whose commands are named in a table (`lazy_subcommands`: name → 'module.object') and imported when used."
+    def __init__(self, *args, lazy_subcommands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_subcommands = lazy_subcommands or {}
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_subcommands})
+
+    def get_command(self, ctx, name: str):
+        if name not in self.lazy_subcommands: return super().get_command(ctx, name)
+        module, attribute = self.lazy_subcommands[name].rsplit(".", 1)
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command): raise TypeError(f"{self.lazy_subcommands[name]} is not a click command")
+        return command
+
 # %% ../../nbs/cli/00_cli.ipynb #f5a3f76d
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, lazy_subcommands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mlops")
 def main():
     "Notebook-to-production workflow for SageMaker Pipelines: run them locally, render, deploy and watch them."
@@ -100,6 +132,3 @@ def format_time(ts: float | None) -> str:
     "A Unix time as local 'YYYY-mm-dd HH:MM:SS', '' for none."
     from datetime import datetime
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
-
-# %% ../../nbs/cli/00_cli.ipynb #1e62837d
-from . import dag, deploy, events, local, registry  # noqa: E402,F401  the commands register on main

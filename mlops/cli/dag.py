@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from . import PIPELINE, PIPELINE_HELP, PIPELINE_NAMES, fail, main
+from . import PIPELINE, PIPELINE_HELP, PIPELINE_NAMES, fail
 
 # %% auto #0
 __all__ = ['dag']
@@ -36,7 +36,7 @@ def _definitions(pipeline: str | None, templates_dir: Path, execution_id: str | 
             fail(f"cannot read {path}: {e}.", 2, fix="run `mlops render` to write templates/, or pass --templates DIR.")
     return found
 
-@main.command()
+@click.command()
 @click.option("--pipeline", type=PIPELINE, help=f"{PIPELINE_HELP}  [default: both; one for svg and png]")
 @click.option("--format", "output_format", type=click.Choice(["text", "mermaid", "svg", "png"]), default="text", show_default=True,
               help="text: a tree; mermaid: Markdown diagram text; svg, png: a picture")

@@ -11,13 +11,13 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from . import PIPELINE, PIPELINE_HELP, assignments, console, err_console, fail, main, sagemaker_name
+from . import PIPELINE, PIPELINE_HELP, assignments, console, err_console, fail, sagemaker_name
 
 # %% auto #0
 __all__ = ['render', 'fill', 'validate', 'deploy', 'start', 'watch']
 
 # %% ../../nbs/cli/03_deploy.ipynb #10b7105f
-@main.command()
+@click.command()
 @click.option("--out", "out_dir", default="templates", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="folder of the rendered artifacts")
 @click.option("--check", is_flag=True, help="write nothing; exit 1 with a unified diff when the folder is out of date")
@@ -34,7 +34,7 @@ def render(out_dir: Path, check: bool, no_fingerprint: bool):
     sys.exit(code)
 
 # %% ../../nbs/cli/03_deploy.ipynb #6f040584
-@main.command()
+@click.command()
 @click.argument("template", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--values", "values_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="JSON object of template key → value (one file per environment serves every pipeline)")
@@ -61,7 +61,7 @@ def fill(template: Path, values_path: Path, out_path: Path | None):
         err_console.print(f"wrote [bold]{escape(str(out_path))}[/]")
 
 # %% ../../nbs/cli/03_deploy.ipynb #bc5dde81
-@main.command()
+@click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE",
               help="a parameter value an execution would start with (repeatable): checked as StartPipelineExecution would")
@@ -86,7 +86,7 @@ def validate(files: tuple[Path, ...], parameters: tuple[str, ...]):
         sys.exit(1)
 
 # %% ../../nbs/cli/03_deploy.ipynb #82b94e5b
-@main.command()
+@click.command()
 @click.option("--values", "values_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="JSON object of template key → value (one file per environment; keys: templates/keys.json)")
 @click.option("--pipeline", type=PIPELINE, help=f"deploy only this pipeline: {PIPELINE_HELP}  [default: both]")
@@ -110,7 +110,7 @@ def deploy(values_path: Path, pipeline: str | None, templates_dir: Path | None, 
         console.print(outcome.arn, markup=False, soft_wrap=True)
 
 # %% ../../nbs/cli/03_deploy.ipynb #19adf86f
-@main.command()
+@click.command()
 @click.argument("pipeline")
 @click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE",
               help="a pipeline parameter for this execution (repeatable)")
@@ -129,7 +129,7 @@ def start(pipeline: str, parameters: tuple[str, ...], data: Path | None, endpoin
     console.print(arn, markup=False, soft_wrap=True)
 
 # %% ../../nbs/cli/03_deploy.ipynb #700db6e9
-@main.command()
+@click.command()
 @click.argument("arn")
 @click.option("--endpoint-url", help="API endpoint  [default: AWS_ENDPOINT_URL, else AWS]")
 def watch(arn: str, endpoint_url: str | None):

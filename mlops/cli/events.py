@@ -9,7 +9,7 @@ import json
 
 import click
 
-from . import console, fail, main
+from . import console, fail
 
 # %% auto #0
 __all__ = ['event_line', 'events']
@@ -26,7 +26,7 @@ def event_line(event: dict) -> str:
     return f"{event['time']}  {pipeline}  {execution}  {what}  {before or '-'} -> {now}{cached}{reason}"
 
 # %% ../../nbs/cli/04_events.ipynb #68f22383
-@main.command()
+@click.command()
 @click.argument("execution_id", required=False)
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events (for an execution: until it ends)")
 @click.option("--json", "as_json", is_flag=True, help="print the events as JSON lines, as written")

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from . import PIPELINE, PIPELINE_HELP, assignments, console, err_console, fail, format_time, main
+from . import PIPELINE, PIPELINE_HELP, assignments, console, err_console, fail, format_time
 from ..config import FORECAST, mlops_home
 
 # %% auto #0
@@ -19,7 +19,7 @@ __all__ = ['demo_data_command', 'data_notes', 'features', 'ProgressView', 'show_
            'exit_quickly', 'run', 'runs', 'status', 'logs', 'train_deepar']
 
 # %% ../../nbs/cli/01_local.ipynb #b49a2cba
-@main.command("demo-data")
+@click.command("demo-data")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--items", default=50, show_default=True, help="number of items (series)")
 @click.option("--periods", default=800, show_default=True, help="days of history per item")
@@ -82,7 +82,7 @@ def _show_features(output_dir: Path, report: Path):
     table.add_row("[bold]executed notebook[/]", str(report))
     console.print(table)
 
-@main.command()
+@click.command()
 @click.option("--input", "input_path", type=click.Path(path_type=Path), help="CSV or Parquet file (or a folder holding one); default: the demo data")
 @click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path), help="output folder; default: .mlops/features/<mode>")
 @click.option("--mode", type=click.Choice(["train", "infer"]), default="train", show_default=True)
@@ -225,7 +225,7 @@ def exit_quickly(code: int):
     os._exit(code)
 
 # %% ../../nbs/cli/01_local.ipynb #b71d13e0
-@main.command()
+@click.command()
 @click.option("--pipeline", type=PIPELINE, default="training", show_default=True, help=PIPELINE_HELP)
 @click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE", help="pipeline parameter (repeatable)")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), help="input CSV/Parquet; default: the demo data")
@@ -270,7 +270,7 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     exit_quickly(0 if execution.status == "Succeeded" else 1)
 
 # %% ../../nbs/cli/01_local.ipynb #d49e740a
-@main.command()
+@click.command()
 @click.option("--limit", default=20, show_default=True)
 def runs(limit):
     "List local executions, newest first."
@@ -282,7 +282,7 @@ def runs(limit):
     console.print(table)
 
 # %% ../../nbs/cli/01_local.ipynb #2aae013b
-@main.command()
+@click.command()
 @click.argument("execution_id")
 def status(execution_id):
     "Show the steps of an execution with timings and failure reasons."
@@ -295,7 +295,7 @@ def status(execution_id):
     if execution.failure_reason: console.print(f"failure reason: {execution.failure_reason}", soft_wrap=True)
 
 # %% ../../nbs/cli/01_local.ipynb #5223bdc5
-@main.command()
+@click.command()
 @click.argument("execution_id")
 @click.argument("step")
 def logs(execution_id, step):
@@ -308,7 +308,7 @@ def logs(execution_id, step):
     sys.stdout.write(path.read_text())
 
 # %% ../../nbs/cli/01_local.ipynb #54d4110b
-@main.command("train-deepar")
+@click.command("train-deepar")
 @click.option("--output", "work_dir", type=click.Path(file_okay=False, path_type=Path),
               help="folder for the channels, model.tar.gz and metrics.json; default: .mlops/deepar")
 @click.option("--epochs", default=10, show_default=True, help="passes over the training series")
@@ -335,6 +335,3 @@ def train_deepar(work_dir: Path | None, epochs: int, hyperparameters: tuple[str,
     console.print(f"model: {result['model']}", markup=False, soft_wrap=True)
     console.print(f"metrics: {result['metrics_file']}", markup=False, soft_wrap=True)
     console.print(f"wall time: {result['seconds']:.1f} s")
-
-# %% ../../nbs/cli/01_local.ipynb #cce803c8
-from . import steps  # noqa: E402,F401  `mlops params` and `mlops new-step` register on main

@@ -10,13 +10,13 @@ import sys
 import click
 from rich.table import Table
 
-from . import console, fail, format_time, main
+from . import console, fail, format_time
 
 # %% auto #0
 __all__ = ['models_approve', 'models_reject', 'models', 'models_list', 'approval_message', 'lineage', 'ui']
 
 # %% ../../nbs/cli/02_registry.ipynb #d607e29c
-@main.group()
+@click.group()
 def models():
     "The model registry (MLflow): list model versions, approve or reject them."
 
@@ -76,7 +76,7 @@ models_approve = _approval_command("approve", "Approved", "Approve GROUP's VERSI
 models_reject = _approval_command("reject", "Rejected", "Reject GROUP's VERSION: the inference pipeline no longer picks it.")
 
 # %% ../../nbs/cli/02_registry.ipynb #3e80c8e6
-@main.command()
+@click.command()
 @click.argument("reference", metavar="MODEL_VERSION|EXECUTION_ID")
 @click.option("--format", "output_format", type=click.Choice(["tree", "json", "mermaid"]), default="tree", show_default=True)
 def lineage(reference: str, output_format: str):
@@ -92,7 +92,7 @@ def lineage(reference: str, output_format: str):
         console.print(lineage_tree(graph))
 
 # %% ../../nbs/cli/02_registry.ipynb #02079e57
-@main.command()
+@click.command()
 @click.option("--port", default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="interface to listen on; the store holds data paths and metrics, so expose it on purpose only")

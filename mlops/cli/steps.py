@@ -10,13 +10,13 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from . import console, fail, main
+from . import console, fail
 
 # %% auto #0
 __all__ = ['params', 'step_notebook_text', 'nbformat_name', 'new_step']
 
 # %% ../../nbs/cli/06_steps.ipynb #3a74b128
-@main.command()
+@click.command()
 @click.option("--pipeline", type=click.Choice(["training", "inference"]), default="training", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the table as JSON")
 def params(pipeline, as_json):
@@ -79,7 +79,7 @@ def _step_outputs(step: dict) -> list[str]:
     return {"Training": ["model"], "Transform": ["forecasts"]}.get(kind, [])
 
 # %% ../../nbs/cli/06_steps.ipynb #75ccbcc5
-@main.command("new-step")
+@click.command("new-step")
 @click.argument("name")
 @click.option("--after", required=True, metavar="STEP", help="the step it runs after (and reads from)")
 @click.option("--input", "inputs", multiple=True, metavar="OUTPUT", help="an output of --after to read (repeatable)")

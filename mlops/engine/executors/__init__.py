@@ -5,12 +5,13 @@
 # %% ../../../nbs/engine/executors/00_executors.ipynb #ec42ad5c
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['executors', 'StepIO', 'StepRun', 'Executor', 'ExecutorRegistry']
+__all__ = ['BUILT_IN_EXECUTORS', 'executors', 'StepIO', 'StepRun', 'Executor', 'ExecutorRegistry']
 
 # %% ../../../nbs/engine/executors/00_executors.ipynb #bd508bdb
 @dataclass
@@ -49,37 +50,42 @@ class Executor:
 
 # %% ../../../nbs/engine/executors/00_executors.ipynb #f31ddb98
 class ExecutorRegistry:
-    "The executors the engine knows, by step type and image; asking for an unsupported step says what is supported."
-    def __init__(self): self._executors: list[Executor] = []
+    """The executors the engine knows, by step type and image; asking for an unsupported step says what is supported.
+    `built_in`: executor classes by dotted name ('module.Class'), imported and made on first use, below every registered one."""
+    def __init__(self, built_in: tuple[str, ...] = ()):
+        self._executors: list[Executor] = []
+        self._built_in = list(built_in)
+
+    @property
+    def _all(self) -> list[Executor]:
+        while self._built_in:  # first use: the built-in ones, the first of the table found last (as if registered first)
+            module, name = self._built_in.pop().rsplit(".", 1)
+            self._executors.append(getattr(importlib.import_module(module), name)())
+        return self._executors
 
     def register(self, executor: Executor) -> Executor:
         "Add `executor` (a later registration for the same steps wins)."
         self._executors.insert(0, executor)
         return executor
 
-    def unregister(self, executor: Executor): self._executors.remove(executor)
+    def unregister(self, executor: Executor): self._all.remove(executor)
 
     def supported(self) -> list[str]:
         "What each executor runs, one line each."
-        return [f"{e.step_type}: {e.runs}" for e in reversed(self._executors)]
+        return [f"{e.step_type}: {e.runs}" for e in reversed(self._all)]
 
     def find(self, step_type: str, arguments: dict) -> Executor | None:
         "The executor of a step of `step_type` with `arguments`, or None."
-        return next((e for e in self._executors if e.step_type == step_type and e.accepts(arguments)), None)
+        return next((e for e in self._all if e.step_type == step_type and e.accepts(arguments)), None)
 
     def describe(self, step_type: str, properties: dict | None) -> StepIO:
         "The StepIO of a finished step (empty when no executor knows it)."
         executor = self.find(step_type, properties or {})
         return executor.describe(properties or {}) if executor and properties else StepIO()
 
-executors = ExecutorRegistry()
-
 # %% ../../../nbs/engine/executors/00_executors.ipynb #f2bb4e49
-from .control import ConditionExecutor, FailExecutor
-from .deepar import DeepARTrainingExecutor, DeepARTransformExecutor
-from .models import CreateModelExecutor, RegisterModelExecutor
-from .processing import ProcessingExecutor
-
-for _executor in (ProcessingExecutor(), DeepARTrainingExecutor(), CreateModelExecutor(), RegisterModelExecutor(),
-                  DeepARTransformExecutor(), ConditionExecutor(), FailExecutor()):
-    executors.register(_executor)
+BUILT_IN_EXECUTORS = ("mlops.engine.executors.processing.ProcessingExecutor", "mlops.engine.executors.deepar.DeepARTrainingExecutor",
+                      "mlops.engine.executors.models.CreateModelExecutor", "mlops.engine.executors.models.RegisterModelExecutor",
+                      "mlops.engine.executors.deepar.DeepARTransformExecutor", "mlops.engine.executors.control.ConditionExecutor",
+                      "mlops.engine.executors.control.FailExecutor")
+executors = ExecutorRegistry(BUILT_IN_EXECUTORS)
