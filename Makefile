@@ -55,3 +55,11 @@ constraints: $(STAMP)
 # re-execute the nbval reference notebooks after an intended change of output; review and commit the diff
 regression-update: $(STAMP)
 	$(PY) tools/execute_regression.py
+
+# the docs (DEVELOPERS.md, "README and the site"): README.md is what nbs/index.ipynb makes (unchanged, as
+# check-export), and the Quarto site is built into _docs/ when Quarto is installed
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) tools/unchanged.py $(PY) tools/docs.py
+
+test: docs
