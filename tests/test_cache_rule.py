@@ -132,3 +132,32 @@ def test_start_with_a_data_file_gives_each_version_its_own_key(server, values_fi
     assert uris[0] != uris[1]
     both = server.run("start", TRAINING, "--data", data, "-p", "InputDataUri=s3://b/x/")
     assert both.returncode == 2 and "not both" in both.stderr and "Traceback" not in both.stderr, both.stderr
+
+
+def test_the_cloudformation_route_puts_changed_notebooks_under_a_new_code_location(tmp_path):
+    """Route 2 (the stack takes the rendered definitions): `mlops code-location` names the code by its content, so an edited
+    notebook is a new CodeLocation, a new definition, and a miss on both; unchanged notebooks keep theirs (a hit on both)."""
+    import os
+    import subprocess
+    from conftest import MLOPS
+    from mlops.config import project_root
+    from mlops.definition.templates import example_values, fill_definition
+    notebooks = tmp_path / "notebooks"
+    shutil.copytree(project_root() / "nbs" / "processing", notebooks)
+    (tmp_path / "dev.json").write_text(json.dumps(example_values()))
+    env = {**os.environ, "MLOPS_NOTEBOOKS_DIR": str(notebooks)}
+    def location():
+        done = subprocess.run([*MLOPS, "code-location", "--values", tmp_path / "dev.json"], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+    first, again = location(), location()
+    assert first == again and first.startswith(example_values()["CodeLocation"] + "/"), (first, again)
+    notebook = notebooks / "feature_engineering.ipynb"
+    notebook.write_text(notebook.read_text().replace('"cells": [', '"cells": [{"cell_type": "markdown", "metadata": {}, '
+                                                     '"source": ["edited"]},', 1))
+    edited = location()
+    assert edited != first
+    from mlops.render import TEMPLATE_FILES
+    template = json.loads((project_root() / "templates" / TEMPLATE_FILES[TRAINING]).read_text())
+    before, after = (fill_definition(template, {**example_values(), "CodeLocation": where}) for where in (first, edited))
+    assert sagemaker_decision(before, after) == "miss" and sagemaker_decision(before, before) == "hit"

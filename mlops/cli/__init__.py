@@ -66,6 +66,7 @@ COMMANDS = {
     "models": "mlops.cli.registry.models", "lineage": "mlops.cli.registry.lineage", "ui": "mlops.cli.registry.ui",
     "render": "mlops.cli.deploy.render", "fill": "mlops.cli.deploy.fill", "validate": "mlops.cli.deploy.validate",
     "deploy": "mlops.cli.deploy.deploy", "start": "mlops.cli.deploy.start", "watch": "mlops.cli.deploy.watch",
+    "code-location": "mlops.cli.deploy.code_location",
     "events": "mlops.cli.events.events", "dag": "mlops.cli.dag.dag",
     "params": "mlops.cli.steps.params", "new-step": "mlops.cli.steps.new_step",
 }

@@ -14,7 +14,7 @@ from rich.table import Table
 from . import PIPELINE, PIPELINE_HELP, assignments, console, err_console, fail, sagemaker_name
 
 # %% auto #0
-__all__ = ['render', 'fill', 'validate', 'deploy', 'start', 'watch']
+__all__ = ['render', 'fill', 'validate', 'deploy', 'start', 'watch', 'code_location']
 
 # %% ../../nbs/cli/03_deploy.ipynb #10b7105f
 @click.command()
@@ -145,3 +145,19 @@ def watch(arn: str, endpoint_url: str | None):
         err_console.print(f"stopped watching; the execution goes on: {arn}", markup=False, soft_wrap=True)
         code = 130
     sys.exit(code)
+
+# %% ../../nbs/cli/03_deploy.ipynb #55983f69
+@click.command("code-location")
+@click.option("--values", "values_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON object of template key → value (its CodeLocation)")
+@click.option("--templates", "templates_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="folder of the rendered templates  [default: templates/]")
+def code_location(values_path: Path, templates_dir: Path | None):
+    "Print CodeLocation/<digest of the step notebooks>: where to copy them, and the CodeLocation to give CloudFormation."
+    from rich.markup import escape
+    from mlops.remote.aws import RemoteError
+    from mlops.remote.deploy import code_location as location
+    try:
+        click.echo(location(values_path, templates_dir))
+    except RemoteError as e:
+        fail(escape(str(e)), e.exit_code)

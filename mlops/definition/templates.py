@@ -16,7 +16,7 @@ from .rules import value_problems
 
 # %% auto #0
 __all__ = ['PLACEHOLDER', 'KEYS_FILE', 'placeholder', 'placeholders_in', 'FillError', 'fill_definition', 'code_uris',
-           'address_code', 'known_keys_for', 'example_values']
+           'address_code', 'code_version', 'known_keys_for', 'example_values']
 
 # %% ../../nbs/definition/04_templates.ipynb #0f0968bd
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*)\s*\}\}")
@@ -83,6 +83,13 @@ def address_code(definition, code_location: str, uri_of=None):
         if isinstance(value, list): return [swap(v) for v in value]
         return new.get(value, value) if isinstance(value, str) else value
     return swap(definition)
+
+# %% ../../nbs/definition/04_templates.ipynb #d69d4bea
+def code_version(definitions) -> str:
+    "12 hex digits of the sha256 of every step notebook that the templated `definitions` name: another notebook, another version."
+    from mlops.files import sha256, text_sha256
+    names = sorted({name for d in definitions for name in code_uris(d, placeholder("CodeLocation")).values()})
+    return text_sha256("".join(f"{name} {sha256(step_notebook(name))}\n" for name in names))[:12]
 
 # %% ../../nbs/definition/04_templates.ipynb #9668df10
 def known_keys_for(template_path: str | Path) -> set[str]:

@@ -18,10 +18,10 @@ from .aws import RemoteError, aws_client, aws_errors, is_not_found
 from ..render import TEMPLATE_FILES
 
 # %% auto #0
-__all__ = ['DEFINITION_TAG', 'COMMIT_TAG', 'default_templates_dir', 'read_values', 'choose_pipelines', 'filled_definitions',
-           'definition_text', 'definition_sha256', 'deploy_tags', 'pipeline_description', 'split_s3_uri',
-           'code_objects', 'addressed_code', 'upload_code', 'DeployOutcome', 'deploy_pipeline', 'ensure_buckets',
-           'deploy']
+__all__ = ['DEFINITION_TAG', 'COMMIT_TAG', 'default_templates_dir', 'read_values', 'choose_pipelines', 'code_location',
+           'filled_definitions', 'definition_text', 'definition_sha256', 'deploy_tags', 'pipeline_description',
+           'split_s3_uri', 'code_objects', 'addressed_code', 'upload_code', 'DeployOutcome', 'deploy_pipeline',
+           'ensure_buckets', 'deploy']
 
 # %% ../../nbs/remote/02_deploy.ipynb #e9e38389
 def default_templates_dir() -> Path:
@@ -60,6 +60,20 @@ def choose_pipelines(pipeline: str | None = None) -> dict[str, str]:
     if not chosen:
         raise RemoteError(f"no pipeline named {pipeline!r}. Fix: choose one of {', '.join(TEMPLATE_FILES)}.")
     return chosen
+
+# %% ../../nbs/remote/02_deploy.ipynb #46cb4d1a
+def code_location(values_path: str | Path, templates_dir: str | Path | None = None) -> str:
+    "`CodeLocation/<code_version>`: where the step notebooks of the rendered templates go for this environment, a new prefix for new code."
+    from mlops.definition.templates import code_version
+    from mlops.definition.rules import s3_uri_problem
+    location = read_values(values_path).get("CodeLocation")
+    if not isinstance(location, str) or (problem := s3_uri_problem(location)):
+        raise RemoteError(f"values file {values_path}: CodeLocation {location!r} is not an s3:// URI. Fix: give s3://bucket/prefix.")
+    folder = Path(templates_dir) if templates_dir else project_root() / "templates"
+    try:
+        return f"{location.rstrip('/')}/{code_version([load_definition(folder / f) for f in TEMPLATE_FILES.values()])}"
+    except (NotebookNotFound, DefinitionInvalid) as e:
+        raise RemoteError(str(e)) from None
 
 # %% ../../nbs/remote/02_deploy.ipynb #fcff3ec4
 def filled_definitions(values_path: str | Path, pipeline: str | None = None,
