@@ -34,30 +34,44 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow_first_run: builds a cached environment on its first run (minutes); seconds after")
 
 
-# Under pytest-xdist (`make test`: -n 2 --dist loadgroup) a group's tests run on one worker, in order. Each module is a
-# group (its module-scoped fixtures are built once), unless it sets SPREAD = True (its tests are independent: shared out
-# one by one) or marks its tests with a group of its own (`pytest.mark.xdist_group("trained")`: modules that read one
-# session-scoped workspace). The slowest groups go first, so that the two workers end at about the same time.
+# Under pytest-xdist (`make test`: -n 2 --dist loadgroup) a group's tests run on one worker, in order. Each module (or
+# nbval notebook) is a group, so that its module-scoped fixtures are built once; the modules of SPREAD have independent
+# tests, shared out one by one (the chapters); the modules of SHARED read one session-scoped workspace, so they share
+# a worker and that one run. The slowest groups go first, so that the two workers end at about the same time. (The
+# groups are made here, from node ids, in the controller's scheduler: xdist's `xdist_group` marks rewrite `_nodeid`,
+# which pytest 9 no longer reads.)
+SPREAD = {"tests/test_chapters_in_jupyter.py"}
+SHARED = {"tests/test_tracking.py": "trained", "tests/test_events.py": "trained"}
 SLOWEST_FIRST = ["test_image_environment", "test_resume", "trained", "test_runner", "test_deepar", "test_your_data",
-                 "test_forkserver", "test_step_notebooks", "test_refusals", "test_remote", "test_stack"]
+                 "test_forkserver", "test_step_notebooks", "test_refusals", "test_remote", "test_stack", "test_new_step"]
+
+
+def group_of(nodeid: str) -> str | None:
+    "The group of a test: its module's (or SHARED's name for it); None for a test of a SPREAD module."
+    module = nodeid.split("::", 1)[0]
+    if module in SPREAD: return None
+    return SHARED.get(module, Path(module).stem)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (-p no:xdist), nothing
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup": return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid) or nodeid
+    return ModuleGroups(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    def group(item) -> str | None:
-        marked = [m.args[0] if m.args else m.kwargs.get("name", "default") for m in item.iter_markers("xdist_group")]
-        if marked: return marked[0]
-        module = getattr(item, "module", None)
-        if module is not None and getattr(module, "SPREAD", False): return None
-        return Path(str(item.path)).stem  # a module, or a notebook of tests/regression (nbval)
+    "The slowest groups first, then the other groups, then the tests shared out one by one; each group in its own order."
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    groups = {}
-    for item in items:
-        name = groups[item] = group(item)
-        if name is not None and not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(name))
-    last = len(rank) + 1  # tests shared out one by one fill in at the end
-    items.sort(key=lambda item: last if groups[item] is None else rank.get(groups[item], len(rank)))  # stable
+    def key(item):
+        name = group_of(item.nodeid)
+        return len(rank) + 1 if name is None else rank.get(name, len(rank))
+    items.sort(key=key)  # stable
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -181,8 +195,8 @@ def moto_server(tmp_path_factory):
             process.kill()
 
 
-# One trained workspace for the modules that read it (tests/test_tracking.py, tests/test_events.py: both marked
-# xdist_group("trained"), so that under xdist they share one worker and this one run). Its tests may add executions,
+# One trained workspace for the modules that read it (tests/test_tracking.py, tests/test_events.py: SHARED above, so
+# that under xdist they share one worker and this one run). Its tests may add executions,
 # versions and approvals of their own; they read the trained execution by its id, never as "the latest".
 TRAINED_EPOCHS = 3  # a loss curve of three points
 TRAINED_ARGS = [f"Epochs={TRAINED_EPOCHS}" if arg == "Epochs=1" else arg for arg in TINY]

@@ -25,7 +25,6 @@ NBS = project_root() / "nbs"
 SKIP_FLAGS = set(get_config().tst_flags.split())  # settings.ini's tst_flags, the flags nbdev_test skips
 # the notebooks nbdev_test runs: nbdev's own glob (no `_`/`.` files or folders), less those beside a `.notest` file
 CHAPTERS = sorted(p.absolute() for p in nbglob(NBS, as_path=True) if not (p.parent / ".notest").exists())
-SPREAD = True  # under xdist, the chapters are shared out between the workers one by one (tests/conftest.py)
 
 
 def skipped(cell) -> bool:

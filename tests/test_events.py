@@ -86,7 +86,6 @@ def ran(steps, before=None) -> list[tuple]:
     return [c for s in steps for c in ((s, before, "Executing"), (s, "Executing", "Succeeded"))]
 
 
-pytestmark = pytest.mark.xdist_group("trained")  # one worker with tests/test_tracking.py: one training run for both
 
 
 @pytest.fixture(scope="module")

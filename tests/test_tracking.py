@@ -21,7 +21,6 @@ from mlops.tracking.lineage import execution_run
 GROUP = "deepar-forecast"
 EPOCHS, TRAIN = TRAINED_EPOCHS, TRAINED_ARGS  # conftest's trained workspace: a loss curve of three points
 STEPS = ["FeatureEngineering", "TrainDeepAR", "CheckQuality", "RegisterModel", "CreateModel"]
-pytestmark = pytest.mark.xdist_group("trained")  # one worker with tests/test_events.py: one training run for both
 
 
 def sha256(path: Path) -> str:
