@@ -20,7 +20,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/mlops run
 
-test: $(STAMP) check-export check-clean render-check nbdev-test pytest regression
+# each chapter runs once, in a real Jupyter kernel with nbdev_test's flags (tests/test_chapters_in_jupyter.py; DEVELOPERS.md),
+# so `test` runs no nbdev_test of its own; the nbval references run in the same pytest, shared out between the workers
+test: $(STAMP) check-export check-clean render-check
+	$(BIN)/pytest tests $(PYTEST_PARALLEL) -q --nbval --nbval-sanitize-with tests/regression/sanitize.cfg
 	$(PY) -m mlops.engine.forkserver stop --all
 	@echo "all checks passed"
 
@@ -41,9 +44,15 @@ render-check: $(STAMP)
 nbdev-test: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2
 
+# pytest-xdist: two workers (CI has 2 cores); a module's tests stay together on one worker unless it shares them out
+# (tests/conftest.py: `--dist loadgroup`, one group per module), so its module-scoped fixtures are built once; the
+# slowest groups first (conftest.py orders them; `--no-loadscope-reorder` keeps that order)
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 # the pytest suites, including papermill runs of every step notebook (tests/test_step_notebooks.py)
 pytest: $(STAMP)
-	$(BIN)/pytest tests -q
+	$(BIN)/pytest tests $(PYTEST_PARALLEL) -q
 
 regression: $(STAMP)
 	$(BIN)/pytest --nbval tests/regression -q -p no:cacheprovider --nbval-sanitize-with tests/regression/sanitize.cfg

@@ -34,6 +34,46 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow_first_run: builds a cached environment on its first run (minutes); seconds after")
 
 
+# Under pytest-xdist (`make test`: -n 2 --dist loadgroup) a group's tests run on one worker, in order. Each module (or
+# nbval notebook) is a group, so that its module-scoped fixtures are built once; the modules of SPREAD have independent
+# tests, shared out one by one (the chapters); the modules of SHARED read one session-scoped workspace, so they share
+# a worker and that one run. The slowest groups go first, so that the two workers end at about the same time. (The
+# groups are made here, from node ids, in the controller's scheduler: xdist's `xdist_group` marks rewrite `_nodeid`,
+# which pytest 9 no longer reads.)
+SPREAD = {"tests/test_chapters_in_jupyter.py"}
+SHARED = {"tests/test_tracking.py": "trained", "tests/test_events.py": "trained"}
+SLOWEST_FIRST = ["test_image_environment", "test_resume", "trained", "test_runner", "test_deepar", "test_your_data",
+                 "test_forkserver", "test_step_notebooks", "test_refusals", "test_remote", "test_stack", "test_new_step"]
+
+
+def group_of(nodeid: str) -> str | None:
+    "The group of a test: its module's (or SHARED's name for it); None for a test of a SPREAD module."
+    module = nodeid.split("::", 1)[0]
+    if module in SPREAD: return None
+    return SHARED.get(module, Path(module).stem)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (-p no:xdist), nothing
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup": return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid) or nodeid
+    return ModuleGroups(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    "The slowest groups first, then the other groups, then the tests shared out one by one; each group in its own order."
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    def key(item):
+        name = group_of(item.nodeid)
+        return len(rank) + 1 if name is None else rank.get(name, len(rank))
+    items.sort(key=key)  # stable
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_fork_servers():
     "The fork servers that the suite's `mlops run` start are its own (a private runtime folder), stopped at the end."
@@ -153,3 +193,49 @@ def moto_server(tmp_path_factory):
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+# One trained workspace for the modules that read it (tests/test_tracking.py, tests/test_events.py: SHARED above, so
+# that under xdist they share one worker and this one run). Its tests may add executions,
+# versions and approvals of their own; they read the trained execution by its id, never as "the latest".
+TRAINED_EPOCHS = 3  # a loss curve of three points
+TRAINED_ARGS = [f"Epochs={TRAINED_EPOCHS}" if arg == "Epochs=1" else arg for arg in TINY]
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory) -> dict:
+    """A private MLOPS_HOME after one training run (3 epochs) on tiny data (train.csv; changed.csv: the same with one item
+    changed; future.csv: 7 future rows), its output piped as in CI: `stream` holds each line as read, with whether the
+    command was still running then; `followed` is what `mlops events ID --follow --json`, started as the run began, printed."""
+    import threading
+    from mlops.engine.execution import Execution
+    from mlops.engine.records import Records
+    root = tmp_path_factory.mktemp("trained")
+    data = demo_data(n_items=6, periods=120)
+    data.to_csv(root / "train.csv", index=False)
+    changed = data.copy()
+    changed.loc[changed["item_id"] == changed["item_id"].iloc[0], "target"] += 1
+    changed.to_csv(root / "changed.csv", index=False)
+    demo_data(n_items=6, periods=120, future_periods=7).to_csv(root / "future.csv", index=False)
+    home = root / "home"
+    workspace = {"root": root, "home": home, "env": {"MLOPS_HOME": str(home)}}
+    command = [*MLOPS, "run", "--data", str(root / "train.csv"), *TRAINED_ARGS]
+    with open(root / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   env={**os.environ, "COLUMNS": "200", **workspace["env"]})
+        stream = []
+        reader = threading.Thread(target=lambda: stream.extend((line.rstrip("\n"), process.poll() is None) for line in process.stdout))
+        reader.start()
+        events, deadline = home / "events.jsonl", time.time() + 120
+        while not (events.is_file() and events.read_text().count("\n")):  # the first line: the execution started
+            assert process.poll() is None and time.time() < deadline, (root / "stderr.txt").read_text()
+            time.sleep(0.05)
+        execution_id = json.loads(events.read_text().splitlines()[0])["detail"]["pipelineExecutionArn"].rsplit("/", 1)[1]
+        followed = run_mlops("events", execution_id, "--follow", "--json", cwd=root, env=workspace["env"])  # returns when it ends
+        process.wait(timeout=600)
+        reader.join(timeout=60)
+    output = "\n".join(line for line, _ in stream)
+    assert process.returncode == 0, output + (root / "stderr.txt").read_text()
+    assert "registered model: arn:aws:sagemaker:local:000000000000:model-package/deepar-forecast/1" in " ".join(output.split())
+    assert Records(home / "runs.db").executions(1)[0]["id"] == execution_id
+    return {**workspace, "stream": stream, "followed": followed, "execution": Execution.load(execution_id, home)}

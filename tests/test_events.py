@@ -1,20 +1,16 @@
 """`.mlops/events.jsonl` and `mlops events`: a real local execution's status changes, in the shape AWS documents for
-SageMaker's EventBridge events, in order, for a success, a failure and its resume; `--follow` ends with the execution.
+SageMaker's EventBridge events, in order, for a success (conftest's trained workspace), a failure and its resume, a SIGKILL and its resume (those two in
+tests/test_resume.py, with `check_shape` and `changes` from here); `--follow` ends with the execution.
 
 The reference shapes are AWS's own examples of the two events, from "Events that Amazon SageMaker AI sends to Amazon
 EventBridge": https://docs.aws.amazon.com/sagemaker/latest/dg/automating-sagemaker-with-eventbridge.html
 """
 import json
-import os
 import re
-import signal
-import subprocess
-import time
 
-import nbformat
 import pytest
 
-from conftest import IN_ITS_OWN_PROCESS, MLOPS, TINY, private_workspace, run_mlops
+from conftest import run_mlops
 
 # AWS's documented examples (abridged to their keys and fixed values)
 DOCUMENTED_EXECUTION_EVENT = {
@@ -90,9 +86,12 @@ def ran(steps, before=None) -> list[tuple]:
     return [c for s in steps for c in ((s, before, "Executing"), (s, "Executing", "Succeeded"))]
 
 
+
+
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return private_workspace(tmp_path_factory.mktemp("events"))
+def workspace(trained_workspace):
+    "conftest's trained workspace: one training run, followed with `mlops events --follow --json` from its start."
+    return trained_workspace
 
 
 def mlops(workspace, *args):
@@ -112,16 +111,8 @@ def execution_ids(workspace) -> list[str]:
 
 
 def test_a_successful_execution_followed_as_it_runs(workspace):
-    process = subprocess.Popen([*MLOPS, "run", "--data", workspace["root"] / "train.csv", *TINY], cwd=workspace["root"],
-                               env={**os.environ, **workspace["env"]}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    path, deadline = workspace["home"] / "events.jsonl", time.time() + 120
-    while not (path.is_file() and path.read_text().count("\n")):  # the first line: the execution started
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.05)
-    (execution_id,) = execution_ids(workspace)
-    followed = mlops(workspace, "events", execution_id, "--follow", "--json")  # returns when the execution ends
-    out, err = process.communicate(timeout=600)
-    assert process.returncode == 0, out + err
+    execution_id, followed = workspace["execution"].id, workspace["followed"]  # `--follow` returned when the execution ended
+    assert execution_ids(workspace)[0] == execution_id
     assert followed.returncode == 0, followed.stderr
 
     events = events_of(workspace, execution_id)
@@ -143,69 +134,9 @@ def test_a_successful_execution_followed_as_it_runs(workspace):
     assert f"DeepARTraining  {execution_id}  (execution)  Executing -> Succeeded" in printed.stdout
 
 
-def test_a_failure_then_its_resume(workspace):
-    notebook = workspace["root"] / "notebooks" / "feature_engineering.ipynb"
-    original = notebook.read_bytes()
-    broken = nbformat.reads(original.decode(), as_version=4)
-    broken.cells.append(nbformat.v4.new_code_cell('raise RuntimeError("a bug in the step notebook")'))
-    notebook.write_text(nbformat.writes(broken))
-    before = set(execution_ids(workspace))
-    try:
-        result = mlops(workspace, "run", "--data", workspace["root"] / "train.csv", *TINY, "--no-cache")
-    finally:
-        notebook.write_bytes(original)
-    assert result.returncode == 1, result.stdout + result.stderr
-    (execution_id,) = set(execution_ids(workspace)) - before
-    failed = events_of(workspace, execution_id)
-    for event in failed: check_shape(event)
-    assert changes(failed) == [("execution", None, "Executing"), ("FeatureEngineering", None, "Executing"),
-                               ("FeatureEngineering", "Executing", "Failed"), ("execution", "Executing", "Failed")]
-    assert "a bug in the step notebook" in failed[2]["detail"]["failureReason"]
-
-    result = mlops(workspace, "run", "--resume", execution_id)
-    assert result.returncode == 0, result.stdout + result.stderr
-    events = events_of(workspace, execution_id)
-    assert events[:4] == failed  # appended, never rewritten
-    for event in events: check_shape(event)
-    assert changes(events[4:]) == [("execution", "Failed", "Executing"), ("FeatureEngineering", "Failed", "Executing"),
-                                   ("FeatureEngineering", "Executing", "Succeeded"), *ran(TRAINING_STEPS[1:]),
-                                   ("execution", "Executing", "Succeeded")]
-    starts = {e["detail"]["executionStartTime"] for e in events if "executionStartTime" in e["detail"]}
-    assert len(starts) == 1  # a resumed execution keeps its start time
-    printed = mlops(workspace, "events", execution_id)
-    assert "FeatureEngineering  Executing -> Failed  " in printed.stdout and "a bug in the step notebook" in printed.stdout
-
-
 def test_events_of_an_unknown_execution_is_one_error(workspace):
     result = mlops(workspace, "events", "20990101T000000-nope00", "--follow")
     assert result.returncode == 2 and "no execution '20990101T000000-nope00'" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_a_killed_execution_resumed_goes_on_from_stopped(workspace):
-    "A SIGKILL leaves no end in the file; the resume's lines say what the records say: the execution and its running step were Stopped."
-    before = set(execution_ids(workspace)) if (workspace["home"] / "events.jsonl").is_file() else set()
-    args = [a if a != "Epochs=1" else "Epochs=3" for a in TINY]
-    process = subprocess.Popen([*MLOPS, "run", "--data", workspace["root"] / "train.csv", *args, "--no-cache"], cwd=workspace["root"],
-                               env={**os.environ, **workspace["env"], **IN_ITS_OWN_PROCESS}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 240
-    while not any(c == ("TrainDeepAR", None, "Executing") for c in changes(events_of(workspace)[-3:])):
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    (execution_id,) = set(execution_ids(workspace)) - before
-    killed = events_of(workspace, execution_id)
-    assert changes(killed)[-1] == ("TrainDeepAR", None, "Executing")  # no end was written
-
-    result = mlops(workspace, "run", "--resume", execution_id)
-    assert result.returncode == 0, result.stdout + result.stderr
-    events = events_of(workspace, execution_id)
-    assert events[:len(killed)] == killed
-    for event in events: check_shape(event)
-    assert changes(events[len(killed):]) == [("execution", "Stopped", "Executing"), ("TrainDeepAR", "Stopped", "Executing"),
-                                             ("TrainDeepAR", "Executing", "Succeeded"), *ran(TRAINING_STEPS[2:]),
-                                             ("execution", "Executing", "Succeeded")]
 
 
 def test_a_definition_file_run_writes_its_events_too(tmp_path):

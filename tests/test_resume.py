@@ -15,6 +15,13 @@ import pytest
 from conftest import IN_ITS_OWN_PROCESS, MLOPS, TINY, private_workspace, run_mlops
 from mlops.engine.execution import Execution
 from mlops.engine.records import Records
+from test_events import TRAINING_STEPS, changes, check_shape, ran
+
+
+def events_of(workspace, execution_id) -> list[dict]:
+    "The lines of `.mlops/events.jsonl` about one execution (tests/test_events.py checks their shape)."
+    lines = (workspace["home"] / "events.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["detail"]["pipelineExecutionArn"].endswith(f"/execution/{execution_id}")]
 
 GROUP = "deepar-forecast"
 
@@ -129,9 +136,10 @@ def test_sigkill_right_after_registration_then_resume_gives_one_version(workspac
     assert resumed.step("RegisterModel").properties["ModelPackageVersion"] == versions(workspace, execution_id)[0]
 
 
-# 3. one process per execution; 4. a killed execution's steps read Stopped
+# 3. one process per execution; 4. a killed execution's steps read Stopped, and its events go on from there (the one
+# SIGKILL-during-training-then-resume scenario of the suite: its records, `mlops status`, its events, 5 racing resumes)
 
-def test_five_concurrent_resumes_exactly_one_runs(workspace):
+def test_sigkill_during_training_then_five_concurrent_resumes_exactly_one_runs(workspace):
     before_runs, before = {r["id"] for r in Records(workspace["home"] / "runs.db").executions(100)}, len(versions(workspace))
     args = [a if a != "Epochs=1" else "Epochs=3" for a in TINY]
     process = start(workspace, "run", "--data", workspace["root"] / "train.csv", *args, "--no-cache")
@@ -143,6 +151,8 @@ def test_five_concurrent_resumes_exactly_one_runs(workspace):
     assert (killed.status, killed.step("TrainDeepAR").status, killed.step("TrainDeepAR").elapsed) == ("Stopped", "Stopped", None)
     status = mlops(workspace, "status", execution_id)
     assert "Executing" not in status.stdout and status.stdout.count("Stopped") >= 2, status.stdout
+    killed_events = events_of(workspace, execution_id)
+    assert changes(killed_events)[-1] == ("TrainDeepAR", None, "Executing")  # a SIGKILL leaves no end in the file
 
     processes = [start(workspace, "run", "--resume", execution_id) for _ in range(5)]
     outputs = [p.communicate(timeout=600) for p in processes]
@@ -154,15 +164,28 @@ def test_five_concurrent_resumes_exactly_one_runs(workspace):
             assert f"execution {execution_id} is already running (pid " in message and "Traceback" not in message, message
     winner = outputs[codes.index(0)][0]
     assert f"resuming execution {execution_id}" in " ".join(winner.split())
-    assert Execution.load(execution_id, workspace["home"]).status == "Succeeded"
+    resumed = Execution.load(execution_id, workspace["home"])
+    assert resumed.status == "Succeeded" and resumed.step("TrainDeepAR").status == "Succeeded"
     assert len(versions(workspace, execution_id)) == 1 and len(versions(workspace)) == before + 1
+    status = mlops(workspace, "status", execution_id)
+    assert status.returncode == 0 and "Succeeded" in status.stdout and "Stopped" not in status.stdout, status.stdout
+    # the events: appended, never rewritten; the one resume that ran says what the records say (Stopped, then on); the
+    # four refused ones wrote nothing
+    events = events_of(workspace, execution_id)
+    assert events[:len(killed_events)] == killed_events
+    for event in events: check_shape(event)
+    assert changes(events[len(killed_events):]) == [("execution", "Stopped", "Executing"), ("TrainDeepAR", "Stopped", "Executing"),
+                                                    ("TrainDeepAR", "Executing", "Succeeded"), *ran(TRAINING_STEPS[2:]),
+                                                    ("execution", "Executing", "Succeeded")]
 
 
 # 4. resume runs the step notebooks as they are now, keeps the options and start time, refuses a changed pipeline
 
-def test_resume_after_fixing_a_step_notebook_runs_the_new_notebook(workspace):
+def test_a_failed_step_resumed_refused_for_a_changed_pipeline_then_runs_the_fixed_notebook(workspace):
+    """One failing run (a bug in the step notebook): its records and events, a resume refused while the definition differs,
+    and the resume after the fix, with the execution's own options and start time, and its events appended."""
     notebook = workspace["root"] / "notebooks" / "feature_engineering.ipynb"
-    original = notebook.read_bytes()
+    original = notebook.read_bytes()  # a failing step (a Fail step's execution is not resumable at all)
     broken = nbformat.reads(original.decode(), as_version=4)
     broken.cells.append(nbformat.v4.new_code_cell('raise RuntimeError("a bug in the step notebook")'))
     notebook.write_text(nbformat.writes(broken))
@@ -174,6 +197,29 @@ def test_resume_after_fixing_a_step_notebook_runs_the_new_notebook(workspace):
     failed = latest(workspace)
     assert failed.step("FeatureEngineering").status == "Failed"
     assert Records(workspace["home"] / "runs.db").execution(failed.id)["options"] == {"max_parallel": 2, "use_cache": False}
+    failed_events = events_of(workspace, failed.id)
+    for event in failed_events: check_shape(event)
+    assert changes(failed_events) == [("execution", None, "Executing"), ("FeatureEngineering", None, "Executing"),
+                                      ("FeatureEngineering", "Executing", "Failed"), ("execution", "Executing", "Failed")]
+    assert "a bug in the step notebook" in failed_events[2]["detail"]["failureReason"]
+
+    # the pipeline changed since it started: refused, and nothing changes
+    saved = failed.folder / "definition.json"
+    started_with = saved.read_bytes()
+    definition = json.loads(started_with)
+    step = next(s for s in definition["Steps"] if s["Name"] == "FeatureEngineering")
+    step["Arguments"]["ProcessingResources"]["ClusterConfig"]["VolumeSizeInGB"] = 99  # as if the pipeline had changed since
+    saved.write_text(json.dumps(definition, indent=1, sort_keys=True))
+    try:
+        result = mlops(workspace, "run", "--resume", failed.id)
+    finally:
+        saved.write_bytes(started_with)
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"cannot resume execution {failed.id}: the pipeline definition changed since it started (FeatureEngineering)" in message
+    assert "Traceback" not in message
+    assert Execution.load(failed.id, workspace["home"]).status == "Failed"
+    assert events_of(workspace, failed.id) == failed_events
 
     result = mlops(workspace, "run", "--resume", failed.id)  # no --no-cache: the execution's own options
     assert result.returncode == 0, result.stdout + result.stderr
@@ -183,31 +229,21 @@ def test_resume_after_fixing_a_step_notebook_runs_the_new_notebook(workspace):
     assert all(s.cached_from is None for s in resumed.steps)  # it was started with --no-cache
     executed = nbformat.read(resumed.folder / "FeatureEngineering" / "output" / "report" / "feature_engineering.ipynb", as_version=4)
     assert not any("a bug in the step notebook" in c.source for c in executed.cells)
-
-
-def test_resume_is_refused_when_the_pipeline_definition_changed(workspace):
-    notebook = workspace["root"] / "notebooks" / "feature_engineering.ipynb"
-    original = notebook.read_bytes()  # a failing step (a Fail step's execution is not resumable at all)
-    broken = nbformat.reads(original.decode(), as_version=4)
-    broken.cells.append(nbformat.v4.new_code_cell('raise RuntimeError("a bug in the step notebook")'))
-    notebook.write_text(nbformat.writes(broken))
-    try:
-        result = mlops(workspace, "run", "--data", workspace["root"] / "train.csv", *TINY, "--no-cache")
-    finally:
-        notebook.write_bytes(original)
-    assert result.returncode == 1
-    failed = latest(workspace)
-    saved = failed.folder / "definition.json"
-    definition = json.loads(saved.read_text())
-    step = next(s for s in definition["Steps"] if s["Name"] == "FeatureEngineering")
-    step["Arguments"]["ProcessingResources"]["ClusterConfig"]["VolumeSizeInGB"] = 99  # as if the pipeline had changed since
-    saved.write_text(json.dumps(definition, indent=1, sort_keys=True))
-    result = mlops(workspace, "run", "--resume", failed.id)
-    assert result.returncode == 2, result.stdout + result.stderr
-    message = " ".join(result.stderr.split())
-    assert f"cannot resume execution {failed.id}: the pipeline definition changed since it started (FeatureEngineering)" in message
-    assert "Traceback" not in message
-    assert Execution.load(failed.id, workspace["home"]).status == "Failed"
+    events = events_of(workspace, failed.id)
+    assert events[:4] == failed_events  # appended, never rewritten
+    for event in events: check_shape(event)
+    after, expected = changes(events[4:]), [("execution", "Failed", "Executing"), ("FeatureEngineering", "Failed", "Executing"),
+                                            ("FeatureEngineering", "Executing", "Succeeded"), *ran(TRAINING_STEPS[1:]),
+                                            ("execution", "Executing", "Succeeded")]
+    # in order up to the quality gate; with --max-parallel 2, RegisterModel and CreateModel then run side by side: each
+    # step's own changes in order, all of them, and the execution's end last (the SIGKILL test above checks the whole
+    # order of a resume with one step at a time)
+    assert after[:7] == expected[:7] and after[-1] == expected[-1] and sorted(map(str, after)) == sorted(map(str, expected)), after
+    for step in TRAINING_STEPS: assert [c for c in after if c[0] == step] == [c for c in expected if c[0] == step]
+    starts = {e["detail"]["executionStartTime"] for e in events if "executionStartTime" in e["detail"]}
+    assert len(starts) == 1  # a resumed execution keeps its start time
+    printed = mlops(workspace, "events", failed.id)
+    assert "FeatureEngineering  Executing -> Failed  " in printed.stdout and "a bug in the step notebook" in printed.stdout
 
 
 # 5. --definition goes through `mlops validate` first

@@ -1,14 +1,12 @@
 """`mlops run` end to end on tiny demo data: training, inference, the quality gate, cache, resume, selective runs."""
 import json
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import IN_ITS_OWN_PROCESS, MLOPS, TINY, run_mlops, tiny_data
+from conftest import MLOPS, TINY, run_mlops, tiny_data
 from mlops.engine.execution import Execution
 from mlops.engine.records import Records
 from mlops.steps import declared_steps
@@ -127,31 +125,7 @@ def test_selective_run_executes_only_the_named_step(workspace, trained):
     assert execution.step("TrainDeepAR").cached_from == trained.id  # taken from the reference
 
 
-def test_sigkill_during_training_then_resume(workspace, trained):
-    home = Path(workspace["env"]["MLOPS_HOME"])
-    process = subprocess.Popen([*MLOPS, "run", "--data", str(workspace["root"] / "train.csv"), *TINY, "--no-cache"],
-                               cwd=workspace["root"], env={**os.environ, **workspace["env"], **IN_ITS_OWN_PROCESS},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    execution_id = None
-    while time.time() < deadline:
-        rows = Records(home / "runs.db").execute("SELECT execution_id FROM steps WHERE name='TrainDeepAR' AND status='Executing'")
-        if rows:
-            execution_id = rows[0][0]
-            break
-        time.sleep(0.2)
-    assert execution_id, "training never started"
-    time.sleep(2)
-    os.killpg(process.pid, signal.SIGKILL)  # the runner and its step processes, at once
-    process.wait()
-    assert Execution.load(execution_id, home).status == "Stopped"
-    result = mlops(workspace, "run", "--resume", execution_id)
-    assert result.returncode == 0, result.stdout + result.stderr
-    resumed = Execution.load(execution_id, home)
-    assert resumed.status == "Succeeded"
-    assert resumed.step("TrainDeepAR").status == "Succeeded"
-    status = mlops(workspace, "status", execution_id)
-    assert "Succeeded" in status.stdout
+# SIGKILL during training, then resume: tests/test_resume.py (with its events and five racing resumes)
 
 
 def test_concurrent_runs_do_not_collide(workspace, trained):

@@ -13,15 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MLOPS, TINY, run_mlops
-from mlops.data.demo import demo_data
+from conftest import MLOPS, TINY, TRAINED_ARGS, TRAINED_EPOCHS, run_mlops
 from mlops.engine.execution import Execution
 from mlops.engine.records import Records
 from mlops.tracking.lineage import execution_run
 
 GROUP = "deepar-forecast"
-EPOCHS = 3  # a loss curve of three points
-TRAIN = [f"Epochs={EPOCHS}" if arg == "Epochs=1" else arg for arg in TINY]
+EPOCHS, TRAIN = TRAINED_EPOCHS, TRAINED_ARGS  # conftest's trained workspace: a loss curve of three points
 STEPS = ["FeatureEngineering", "TrainDeepAR", "CheckQuality", "RegisterModel", "CreateModel"]
 
 
@@ -30,17 +28,9 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    "A private MLOPS_HOME; tiny data, the same data with one item changed, and future rows for inference."
-    root = tmp_path_factory.mktemp("tracking")
-    data = demo_data(n_items=6, periods=120)
-    data.to_csv(root / "train.csv", index=False)
-    changed = data.copy()
-    changed.loc[changed["item_id"] == changed["item_id"].iloc[0], "target"] += 1
-    changed.to_csv(root / "changed.csv", index=False)
-    demo_data(n_items=6, periods=120, future_periods=7).to_csv(root / "future.csv", index=False)
-    home = root / "home"
-    return {"root": root, "home": home, "env": {"MLOPS_HOME": str(home)}}
+def workspace(trained_workspace):
+    "conftest's trained workspace: a private MLOPS_HOME; tiny data, the same with one item changed, future rows for inference."
+    return trained_workspace
 
 
 def mlops(workspace, *args, env=None):
@@ -60,19 +50,8 @@ def client(workspace, trained):
 
 @pytest.fixture(scope="module")
 def trained(workspace) -> Execution:
-    """A training run, its output piped as in CI: each line read as it comes, with whether the command was still running then
-    (workspace["stream"])."""
-    command = [*MLOPS, "run", "--data", str(workspace["root"] / "train.csv"), *TRAIN]
-    with open(workspace["root"] / "stderr.txt", "w") as stderr:
-        process = subprocess.Popen(command, cwd=workspace["root"], stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   env={**os.environ, "COLUMNS": "200", **workspace["env"]})
-        stream = [(line.rstrip("\n"), process.poll() is None) for line in process.stdout]
-        process.wait(timeout=600)
-    output = "\n".join(line for line, _ in stream)
-    assert process.returncode == 0, output + (workspace["root"] / "stderr.txt").read_text()
-    assert f"registered model: arn:aws:sagemaker:local:000000000000:model-package/{GROUP}/1" in " ".join(output.split())
-    workspace["stream"] = stream
-    return latest(workspace)
+    "The training run of 3 epochs, its output piped as in CI (workspace['stream']: each line, and whether the command still ran)."
+    return workspace["execution"]
 
 
 def nested_runs(client, run) -> dict:
@@ -87,9 +66,11 @@ def test_execution_is_an_mlflow_run_with_a_nested_run_per_step(workspace, traine
     tags = run.data.tags
     import mlops
     assert tags["mlops.version"] == mlops.__version__
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(mlops.__file__).parents[1])
+    checkout = Path(mlops.__file__).parents[1]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=checkout)
     assert tags["mlops.git_commit"] == (commit.stdout.strip() if commit.returncode == 0 else "unknown")
-    assert tags["mlops.git_dirty"] in ("true", "false", "none")
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=checkout)
+    assert tags["mlops.git_dirty"] == ("none" if commit.returncode else "true" if changed.stdout.strip() else "false")
     assert tags["mlops.definition_sha256"] == sha256(trained.folder / "definition.json")
     assert tags["mlops.input_data.sha256"] == sha256(workspace["root"] / "train.csv")
     assert (tags["mlops.input_data.rows"], tags["mlops.input_data.items"]) == ("720", "6")
@@ -113,6 +94,26 @@ def test_execution_is_an_mlflow_run_with_a_nested_run_per_step(workspace, traine
     assert fe.data.tags["mlops.notebook.sha256"] == sha256(notebook)
     assert fe.data.tags["mlops.input.data.sha256"] == sha256(workspace["root"] / "train.csv")
     assert train.data.tags["mlops.input.train.uri"] == fe.data.tags["mlops.output.train.uri"]
+
+
+def test_the_recorded_dirty_flag_follows_the_checkout(tmp_path):
+    "code_version (the mlops.git_* tags) of a temporary git checkout: clean, a changed tracked file, an untracked one, no git."
+    from mlops.tracking.tracker import code_version
+    git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=tmp_path,
+                                       check=True, capture_output=True, text=True).stdout.strip()
+    assert code_version(tmp_path)["git_commit"] == "unknown" and code_version(tmp_path)["git_dirty"] is None  # not a checkout
+    git("init", "-q")
+    (tmp_path / "pipeline.py").write_text("A = 1\n")
+    git("add", "pipeline.py")
+    git("commit", "-qm", "first")
+    clean = code_version(tmp_path)
+    assert (clean["git_commit"], clean["git_dirty"]) == (git("rev-parse", "HEAD"), False)
+    (tmp_path / "notes.txt").write_text("untracked")  # untracked files do not make the code dirty
+    assert code_version(tmp_path)["git_dirty"] is False
+    (tmp_path / "pipeline.py").write_text("A = 2\n")
+    assert code_version(tmp_path)["git_dirty"] is True
+    git("commit", "-qam", "second")
+    assert code_version(tmp_path)["git_dirty"] is False and code_version(tmp_path)["git_commit"] != clean["git_commit"]
 
 
 def test_registry_holds_a_version_pending_manual_approval(trained, client):
