@@ -178,31 +178,3 @@ def test_deepar_trained_in_a_fork_gives_the_digits_of_a_fresh_process(full_serve
 
 def children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def test_mlops_run_in_the_server_keeps_the_persons_signals(full_server, tmp_path):
-    env, server = full_server
-    ws = private_workspace(tmp_path)
-    env = {**env, **ws["env"], "COLUMNS": "200"}
-    slow = [*(a if a != "Epochs=1" else "Epochs=400" for a in TINY)]
-    run = subprocess.Popen([*MLOPS, "run", "--data", str(ws["root"] / "train.csv"), *slow], env=env, cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert any("TrainDeepAR" in line and "epoch" in line for line in run.stdout)  # training has begun
-    assert children(run.pid) == []  # the command runs in a fork of the server: it has no process of its own
-    run.send_signal(signal.SIGINT)  # Ctrl+C
-    rest = run.stdout.read()
-    assert run.wait(60) != 0
-    listed = run_mlops("runs", cwd=tmp_path, env=ws["env"])
-    assert "Stopped" in listed.stdout, rest + listed.stdout
-    # killed outright, the command takes its fork with it, and the fork its jobs: nothing keeps running or holds the execution
-    run = subprocess.Popen([*MLOPS, "run", "--data", str(ws["root"] / "train.csv"), *slow], env=env, cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    assert any("TrainDeepAR" in line and "epoch" in line for line in run.stdout if not seen.append(line)), "".join(seen)
-    assert children(server.pid)  # the command's fork and its training job
-    run.kill(); run.wait()
-    deadline = time.monotonic() + 10
-    while children(server.pid) and time.monotonic() < deadline: time.sleep(0.05)
-    assert children(server.pid) == []
-    listed = run_mlops("runs", cwd=tmp_path, env=ws["env"]).stdout
-    assert listed.count("Stopped") == 2 and "Executing" not in listed, listed

@@ -265,8 +265,6 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     except DefinitionNotRunnable as e:
         fail(str(e), 2)
     with phase("cli: summary"): show_execution_summary(execution)
-    from mlops.engine.forkserver import ensure_running
-    ensure_running()  # detached: it loads the libraries now, for the next run's jobs
     exit_quickly(0 if execution.status == "Succeeded" else 1)
 
 # %% ../../nbs/cli/01_local.ipynb #d49e740a
