@@ -59,8 +59,8 @@ def tiny_step_notebook(path: Path, parameters: list[str]):
     declared.metadata["tags"] = ["parameters"]
     body = new_code_cell(
         "import os, pathlib, time\n"
-        "route = os.environ['PROCESSES_LEFT_ROUTE']\n"
-        "pathlib.Path(os.environ['PROCESSES_LEFT_READY']).write_text(str(os.getpid()))\n"
+        "route = os.environ['MLOPS_PROCESSES_LEFT_ROUTE']\n"
+        "pathlib.Path(os.environ['MLOPS_PROCESSES_LEFT_READY']).write_text(str(os.getpid()))\n"
         "if route == 'fail': raise RuntimeError('this step fails, as asked')\n"
         "if route == 'hang': time.sleep(600)\n"
         "for folder in pathlib.Path(output_dir).iterdir():\n"
@@ -69,12 +69,12 @@ def tiny_step_notebook(path: Path, parameters: list[str]):
                                                                                   "display_name": "python3"}}), path)
 
 
-@pytest.fixture(scope="module")
-def one_step(tmp_path_factory) -> dict:
-    "A home, and a filled definition holding the training pipeline's FeatureEngineering step, running a tiny notebook."
+def one_step_workspace(root: Path, write_notebook=None) -> dict:
+    """A home, and a filled definition holding the training pipeline's FeatureEngineering step alone, its notebook
+    written by `write_notebook(path, parameters)` (default: `tiny_step_notebook`)."""
     from mlops.engine.store import LocalStore
     from mlops.runner import local_definition
-    root = tmp_path_factory.mktemp("left")
+    root.mkdir(parents=True, exist_ok=True)
     definition = local_definition("training")
     step = next(s for s in definition["Steps"] if s["Name"] == "FeatureEngineering")
     definition["Steps"] = [step]
@@ -83,7 +83,7 @@ def one_step(tmp_path_factory) -> dict:
     code = next(i for i in step["Arguments"]["ProcessingInputs"] if i["InputName"] == "code")["S3Input"]
     code["S3Uri"] = "s3://mlops-local/code/processes-left/feature_engineering.ipynb"
     store = LocalStore(root / "home" / "store")
-    tiny_step_notebook(root / "feature_engineering.ipynb", parameters)
+    (write_notebook or tiny_step_notebook)(root / "feature_engineering.ipynb", parameters)
     store.upload(root / "feature_engineering.ipynb", code["S3Uri"])
     (root / "data").mkdir()
     (root / "data" / "train.csv").write_text("item_id,timestamp,target\n")
@@ -93,10 +93,15 @@ def one_step(tmp_path_factory) -> dict:
     return {"root": root, "definition": root / "one-step.json", "home": root / "home"}
 
 
-def start(one_step, route: str, *args) -> tuple[subprocess.Popen, str, Path]:
+@pytest.fixture(scope="module")
+def one_step(tmp_path_factory) -> dict:
+    return one_step_workspace(tmp_path_factory.mktemp("left"))
+
+
+def start(one_step, route: str, *args, env: dict | None = None) -> tuple[subprocess.Popen, str, Path]:
     "`mlops run --definition ...` (or `mlops ARGS`) in a session of its own, as a terminal starts it; (process, marker, ready file)."
     value, ready = uuid.uuid4().hex, one_step["root"] / f"ready-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, MARKER: value, "PROCESSES_LEFT_ROUTE": route, "PROCESSES_LEFT_READY": str(ready),
+    env = {**(env or os.environ), MARKER: value, "MLOPS_PROCESSES_LEFT_ROUTE": route, "MLOPS_PROCESSES_LEFT_READY": str(ready),
            "MLOPS_HOME": str(one_step["home"]), "COLUMNS": "200"}
     command = [*MLOPS, *(args or ("run", "--definition", str(one_step["definition"]), "--no-cache"))]
     assert marked(value) == []

@@ -26,8 +26,13 @@ def launch(argv: list[str], cwd: str | Path, env: dict, *, stdin=None, stdout=No
            new_session: bool = False, detached: bool = False) -> Process:
     """Start `argv` in `cwd` with exactly the environment `env`; the running process. The streams as `subprocess.Popen`
     takes them. `new_session`: in a session (and process group) of its own, as a kernel is. `detached`: it may outlive
-    this process (only a server a person starts); otherwise it is killed when the launching thread ends (Linux)."""
+    this process (only a server a person starts); otherwise it is killed when the launching thread ends (Linux).
+    A `python -m MODULE ...` job is forked by the dev server of `env` when one runs (`mlops dev-server start`)."""
     env = {str(k): str(v) for k, v in env.items()}
+    if not detached and argv[:2] == [sys.executable, "-m"]:  # the dev server of this environment, if a person started it
+        from mlops.engine.forkserver import spawn
+        job = spawn(list(argv[2:]), cwd, env, stdin=stdin, stdout=stdout, stderr=stderr, text=text, new_session=new_session)
+        if job is not None: return job
     parent, linux = os.getpid(), sys.platform.startswith("linux")
     return subprocess.Popen(list(argv), cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
                             start_new_session=new_session or detached, close_fds=True,
@@ -48,9 +53,8 @@ def _provisioner_class():
             env.setdefault("MPLBACKEND", INLINE_BACKEND)
             self.process = launch(cmd, kwargs.get("cwd") or os.getcwd(), env, stdin=subprocess.DEVNULL,
                                   stdout=kwargs.get("stdout"), stderr=kwargs.get("stderr"), new_session=True)
-            try: self.pgid = os.getpgid(self.process.pid) if hasattr(os, "getpgid") else None
-            except OSError: self.pgid = None
             self.pid, self.cwd = self.process.pid, kwargs.get("cwd") or os.getcwd()
+            self.pgid = self.pid if hasattr(os, "killpg") else None  # it leads its own session: its group is its pid
             return self.connection_info
     return LaunchProvisioner
 

@@ -58,6 +58,8 @@ def run_command(command: list[str], folder: Path, name: str, processes: Processe
         process = launch(command, folder, job_environment(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
         processes.add(process)
+        if not isinstance(process, subprocess.Popen):  # a person's dev server forked it: say so where the step's output goes
+            log_file.write(f"[mlops] forked by the dev server (pid {process.pid}): its libraries were loaded\n")
         try:
             last = ""
             for line in process.stdout:
