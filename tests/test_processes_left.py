@@ -170,3 +170,22 @@ def test_a_run_ended_from_outside_leaves_nothing(one_step, how):
     process.communicate(timeout=60)
     assert process.returncode != 0
     assert command_lines(left_after(value)) == {}
+
+
+def test_a_killed_steps_temporary_files_reach_no_output_and_a_resume_removes_them(one_step):
+    "papermill writes the report under a temporary name as it goes; killed, that file is no step output, and a resume removes it."
+    from mlops.engine.records import Records
+    process, value, ready = start(one_step, "hang")
+    wait_ready(process, ready)
+    time.sleep(1)  # papermill has saved the notebook as it goes
+    os.kill(process.pid, signal.SIGKILL); process.communicate(timeout=60)
+    assert command_lines(left_after(value)) == {}
+    execution = Records(one_step["home"] / "runs.db").executions(1)[0]["id"]
+    folder = one_step["home"] / "runs" / execution
+    assert list(folder.rglob(".*.partial.ipynb"))  # what the killed job left
+    resumed, value, _ = start(one_step, "succeed", "run", "--definition", str(one_step["definition"]), "--resume", execution)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, (out, err)
+    assert list(folder.rglob(".*.partial.ipynb")) == [] and list(folder.rglob(".deepar-work-*")) == []
+    assert list((one_step["home"] / "store").rglob("*.partial.ipynb")) == []  # no upload carried one
+    assert command_lines(left_after(value)) == {}
