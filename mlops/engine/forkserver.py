@@ -20,15 +20,16 @@ import time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PRELOAD', 'PER_JOB_PREFIXES', 'SHELL_VARIABLES', 'READ_AGAIN', 'OWN_PACKAGE', 'TITLE_ROOM', 'enabled', 'runtime_dir',
-           'import_environment', 'server_key', 'socket_path', 'show_command_line', 'run_job', 'peer_uid', 'serve',
-           'ForkedProcess', 'spawn', 'running', 'server_pid', 'start', 'stop', 'status', 'main']
+__all__ = ['PRELOAD', 'PER_JOB_PREFIXES', 'SHELL_VARIABLES', 'CALLER_SET', 'READ_AGAIN', 'OWN_PACKAGE', 'TITLE_ROOM', 'enabled',
+           'runtime_dir', 'import_environment', 'server_key', 'socket_path', 'show_command_line', 'run_job', 'peer_uid',
+           'serve', 'ForkedProcess', 'spawn', 'running', 'server_pid', 'start', 'stop', 'status', 'main']
 
 # %% ../../nbs/engine/09_forkserver.ipynb #ffeeded0
 PRELOAD = ("numpy", "pandas", "pyarrow.parquet", "papermill", "nbclient", "nbformat", "jupyter_client", "nbconvert",
            "IPython", "zmq", "tornado", "mlflow", "mlflow.tracking", "torch", "lightning.pytorch", "gluonts.torch.model.deepar")
 PER_JOB_PREFIXES = ("MLOPS_", "JPY_")  # variables no preloaded library reads: ours (mlops is imported afresh), a kernel's
 SHELL_VARIABLES = ("PWD", "OLDPWD", "SHLVL", "_")
+CALLER_SET = ("_MLFLOW_TELEMETRY_SESSION_ID",)  # set in the caller's process when it imports MLflow (mlflow/telemetry/client.py)
 READ_AGAIN = ("MPLBACKEND",)  # read by a preloaded library when imported; read again in each job (`_read_again`)
 OWN_PACKAGE = "mlops"
 TITLE_ROOM = 8192  # bytes of command line the server reserves, for its jobs to show theirs
@@ -63,7 +64,7 @@ def runtime_dir() -> Path:
 
 def import_environment(env: dict) -> dict:
     "The part of `env` that the preloaded libraries may have read when the server imported them."
-    return {k: v for k, v in env.items() if not k.startswith(PER_JOB_PREFIXES) and k not in SHELL_VARIABLES + READ_AGAIN}
+    return {k: v for k, v in env.items() if not k.startswith(PER_JOB_PREFIXES) and k not in SHELL_VARIABLES + CALLER_SET + READ_AGAIN}
 
 def server_key(env: dict | None = None) -> str:
     "A digest of what the preloaded modules depend on, `env` (default ours) included: another value, another server."
