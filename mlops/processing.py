@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 from .definition.parameters import NO_VALUE, ParameterError, coerce, or_empty
@@ -19,8 +19,7 @@ from .files import atomic_replace
 
 # %% auto #0
 __all__ = ['PROCESSING_JOB_CONFIG', 'StepUsageError', 'declared_parameters', 'resolve_parameters', 'processing_job',
-           'execution_id_of_job', 'StepFailed', 'forked_kernel_specs', 'started_kernel', 'run_step', 'notebook_imports',
-           'main']
+           'execution_id_of_job', 'StepFailed', 'started_kernel', 'run_step', 'main']
 
 # %% ../nbs/03_processing.ipynb #584b8abc
 class StepUsageError(ValueError):
@@ -85,32 +84,15 @@ def _notebook_path(notebook: str | Path) -> Path:
         except FileNotFoundError as e: raise StepUsageError(str(e)) from None
     raise StepUsageError(f"notebook not found: {notebook}. Fix: give the path of a step notebook, or its name (e.g. feature_engineering).")
 
-def forked_kernel_specs():
-    """A kernel spec manager whose Python kernels of this interpreter are forked from the fork server (IPython, pandas…
-    already loaded: `python -m mlops.engine.forkserver kernel`, which stands for the kernel); None without a server."""
-    from jupyter_client.kernelspec import KernelSpecManager
-    from mlops.engine.forkserver import enabled, socket_path
-    if not enabled() or not socket_path().exists(): return None
-    ours = {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2], sys.executable}
-
-    class ForkedKernelSpecs(KernelSpecManager):
-        def get_kernel_spec(self, kernel_name):
-            spec = super().get_kernel_spec(kernel_name)
-            if spec.argv[:1] and spec.argv[0] in ours and spec.argv[1:3] == ["-m", "ipykernel_launcher"]:
-                spec.argv = [spec.argv[0], "-m", "mlops.engine.forkserver", "kernel", *spec.argv[3:]]
-            return spec
-    return ForkedKernelSpecs()
-
 @contextmanager
 def started_kernel(kernel_name: str = "python3"):
-    "A Jupyter kernel started now (its manager), shut down when the block ends; forked from the fork server if one is ready."
-    from jupyter_client.manager import KernelManager
+    """A Jupyter kernel started now (its manager), shut down when the block ends. It starts through the one launcher
+    (`mlops.engine.launch`, as jupyter_client's kernel provisioner): ended with this process however it ends."""
+    from mlops.engine.launch import kernel_manager as launched_kernel_manager  # the local runtime's launcher, lazily
     from mlops.timing import phase
     with tempfile.TemporaryDirectory(prefix="mlops-kernel-") as ipc_dir:
         # IPC sockets in a private folder: no TCP ports, and no "running over TCP without encryption" warning
-        specs = forked_kernel_specs()
-        kernel_manager = KernelManager(kernel_name=kernel_name, transport="ipc", ip=os.path.join(ipc_dir, "kernel"),
-                                       **({"kernel_spec_manager": specs} if specs else {}))
+        kernel_manager = launched_kernel_manager(kernel_name, transport="ipc", ip=os.path.join(ipc_dir, "kernel"))
         try:
             with phase("processing: kernel start"): kernel_manager.start_kernel()
             yield kernel_manager
@@ -118,9 +100,8 @@ def started_kernel(kernel_name: str = "python3"):
             if kernel_manager.has_kernel: kernel_manager.shutdown_kernel(now=True)
 
 def run_step(notebook: str | Path, output_notebook: str | Path, parameters: dict | None = None,
-             kernel_name: str = "python3", kernel_manager=None) -> Path:
-    """Execute `notebook` with `parameters` into `output_notebook`; raise `StepFailed` (after writing it) if a cell fails.
-    `kernel_manager`: run in that started kernel (a prestarted worker's) instead of starting one."""
+             kernel_name: str = "python3") -> Path:
+    "Execute `notebook` with `parameters` into `output_notebook`; raise `StepFailed` (after writing it) if a cell fails."
     import papermill as pm
     from mlops.timing import mark, phase
     mark("processing: imports done")
@@ -134,8 +115,7 @@ def run_step(notebook: str | Path, output_notebook: str | Path, parameters: dict
     # papermill saves as it goes: run into a temporary name and rename, so the report is whole or absent
     partial = output_notebook.with_name(f".{output_notebook.name}.{os.getpid()}.partial.ipynb")
     try:
-        with nullcontext(kernel_manager) if kernel_manager is not None else started_kernel(kernel_name) as km, \
-                phase("processing: papermill"):
+        with started_kernel(kernel_name) as km, phase("processing: papermill"):
             pm.execute_notebook(str(notebook), str(partial), parameters=parameters, kernel_name=kernel_name,
                                 progress_bar=False, log_output=False, km=km)
     except pm.PapermillExecutionError as e:
@@ -144,55 +124,6 @@ def run_step(notebook: str | Path, output_notebook: str | Path, parameters: dict
     finally:
         if partial.exists(): atomic_replace(partial, output_notebook)
     return output_notebook
-
-# %% ../nbs/03_processing.ipynb #a19d87af
-def notebook_imports(notebooks: list[Path]) -> list[str]:
-    "The modules the notebooks' code cells import at their top level (`import a.b`, `from a.b import c`), in order, once each."
-    import re
-    modules = []
-    for notebook in notebooks:
-        try: cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
-        except (OSError, ValueError, KeyError): continue
-        for cell in (c for c in cells if c.get("cell_type") == "code"):
-            for line in "".join(cell.get("source", "")).splitlines():
-                if m := re.match(r"^(?:from\s+([\w.]+)\s+import\s|import\s+([\w.]+(?:\s*,\s*[\w.]+)*)\s*(?:as\s+\w+)?\s*$)", line):
-                    for name in ([m.group(1)] if m.group(1) else [n.strip() for n in m.group(2).split(",")]):
-                        if name not in modules: modules.append(name)
-    return modules
-
-def _in_kernel(kernel_manager, code: str, timeout: float = 120) -> dict:
-    "Run `code` silently in the kernel (no execution count, no output kept); its reply's content."
-    client = kernel_manager.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=timeout)
-        return client.execute_interactive(code, silent=True, store_history=False, timeout=timeout,
-                                          output_hook=lambda message: None)["content"]
-    finally:
-        client.stop_channels()
-
-def _run_warm() -> int:
-    "A prestarted worker: papermill imported and a kernel started now; the one job (a JSON line on stdin) runs in them later."
-    import papermill  # noqa: F401
-    from mlops.config import notebooks_dir
-    from mlops.timing import mark, phase
-    try: notebooks = sorted(notebooks_dir().glob("*.ipynb"))
-    except Exception: notebooks = []
-    with started_kernel("python3") as kernel_manager:
-        warm = "\n".join(f"try: import {m}\nexcept Exception: pass" for m in notebook_imports(notebooks))
-        with phase("processing: kernel warm-up"):
-            if warm: _in_kernel(kernel_manager, warm)
-        line = sys.stdin.readline()
-        mark("processing: job received")
-        if not line.strip(): return 0  # the runner did not need us, or went away
-        job = json.loads(line)
-        os.environ.update(job.get("env", {}))
-        os.chdir(job["cwd"])
-        setup = f"import os\nos.chdir({job['cwd']!r})\nos.environ.update({job.get('env', {})!r})"
-        if _in_kernel(kernel_manager, setup).get("status") != "ok":
-            print("error: the prestarted kernel could not take the job's folder and environment", file=sys.stderr)
-            return 1
-        return main(job["argv"], kernel_manager=kernel_manager)
 
 # %% ../nbs/03_processing.ipynb #30f906c8
 def _parser() -> argparse.ArgumentParser:
@@ -217,17 +148,14 @@ def _params_file(path: str) -> dict:
         raise StepUsageError(f"{path}: a parameters file must hold a mapping of names to values.")
     return data
 
-def main(argv: list[str] | None = None, kernel_manager=None) -> int:
-    """Run a step from command-line arguments; return the exit code (0 ok, 1 the notebook failed, 2 bad usage).
-    `warm` alone: a prestarted worker (above). `kernel_manager`: a started kernel to run in (the worker's)."""
+def main(argv: list[str] | None = None) -> int:
+    "Run a step from command-line arguments; return the exit code (0 ok, 1 the notebook failed, 2 bad usage)."
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv == ["warm"]: return _run_warm()
     args = _parser().parse_args(argv)
-    if kernel_manager is not None and kernel_manager.kernel_name != args.kernel: kernel_manager = None  # another kernel
     try:
         parameters = _params_file(args.params_file) if args.params_file else {}
         parameters.update(dict(args.parameter))
-        output = run_step(args.notebook, args.output_notebook, parameters, kernel_name=args.kernel, kernel_manager=kernel_manager)
+        output = run_step(args.notebook, args.output_notebook, parameters, kernel_name=args.kernel)
     except (StepUsageError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -185,9 +185,6 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         stage_step_notebooks(home, definition)
     else:
         definition = local_definition(pipeline)
-        from mlops.engine.processes import prestart_early
-        from mlops.engine.run import first_workers
-        prestart_early(first_workers(definition))  # e.g. the first step's Jupyter kernel starts while the inputs are staged
         staged_before = {p.parent for p in (home / "store" / LOCAL_BUCKET / "data").glob("*/*")}
         parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
     name = names[pipeline]

@@ -1,6 +1,6 @@
-"""The fork server: a job forked from it is `python -m module` as a fresh process would run it (its streams, folder,
-environment, exit status and signals; our package imported from today's files; the same DeepAR digits), it never
-outlives its caller, the server ends when idle, and `mlops run` delegated to it keeps the person's signals."""
+"""The dev server (mlops.engine.forkserver): a job forked from it is `python -m module` as a fresh process would run it
+(its streams, folder, own environment, exit status and signals; our package imported from today's files; the same
+DeepAR digits), it never outlives its caller, and the server ends when idle."""
 import json
 import os
 import signal
@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import MLOPS, TINY, private_workspace, run_mlops
 
 LIGHT = "json"  # a server that preloads little: quick to start, for what does not depend on the libraries
 
@@ -51,7 +49,7 @@ def short_folder() -> Path:
 
 @pytest.fixture
 def light_server():
-    env = server_env(short_folder())
+    env = server_env(short_folder(), MLOPS_SERVER_ONLY="1")
     server = start_server(env)
     yield env, server
     server.terminate(); server.wait(10)
@@ -59,7 +57,7 @@ def light_server():
 
 PROBE = textwrap.dedent("""
     import json, os, sys
-    print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "color": os.environ.get("PROBE_COLOR"),
+    print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "color": os.environ.get("MLOPS_PROBE_COLOR"), "server_only": os.environ.get("MLOPS_SERVER_ONLY"),
                       "own_modules_at_start": [m for m in sys.modules if m == "mlops" or m.startswith("mlops.")],
                       "parent": os.getppid(), "path0": sys.path[0]}))
     print("to stderr", file=sys.stderr)
@@ -71,15 +69,17 @@ def test_a_job_is_python_m_in_its_folder_environment_and_streams(light_server, t
     env, server = light_server
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "probe.py").write_text(PROBE)
-    out = in_env({**env, "PROBE_COLOR": "teal"}, textwrap.dedent(f"""
+    out = in_env({**env, "MLOPS_PROBE_COLOR": "teal"}, textwrap.dedent(f"""
+        import os, subprocess
         from mlops.engine.forkserver import spawn
-        job = spawn(["probe", "3", "x y"], {str(tmp_path / "job")!r})
+        env = {{k: v for k, v in os.environ.items() if k != "MLOPS_SERVER_ONLY"}}
+        job = spawn(["probe", "3", "x y"], {str(tmp_path / "job")!r}, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert job is not None, "no server"
         print(job.stdout.read()); print("exit", job.wait())
     """))
     report = json.loads(next(l for l in out.splitlines() if l.startswith("{")))
     assert report["argv"] == ["3", "x y"] and report["cwd"] == str(tmp_path / "job") and report["path0"] == str(tmp_path / "job")
-    assert report["color"] == "teal"  # the caller's environment, not the server's
+    assert report["color"] == "teal" and report["server_only"] is None  # the job's environment, not the server's
     assert report["own_modules_at_start"] == []  # our package comes from the files as they are now, not the server's copy
     assert report["parent"] == server.pid  # a fork of the server, not a fresh interpreter
     assert "to stderr" in out and out.strip().endswith("exit 3")
@@ -90,11 +90,11 @@ def test_a_job_ends_with_its_caller_and_by_signal(light_server, tmp_path):
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "sleeper.py").write_text("import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n")
     out = in_env(env, textwrap.dedent(f"""
-        import os, time
+        import os, subprocess, time
         from mlops.engine.forkserver import spawn
-        job = spawn(["sleeper"], {str(tmp_path / "job")!r})
+        job = spawn(["sleeper"], {str(tmp_path / "job")!r}, dict(os.environ), stdout=subprocess.PIPE, text=True)
         job.stdout.readline(); job.terminate(); print("terminated", job.wait())
-        job = spawn(["sleeper"], {str(tmp_path / "job")!r})
+        job = spawn(["sleeper"], {str(tmp_path / "job")!r}, dict(os.environ), stdout=subprocess.PIPE, text=True)
         pid = int(job.stdout.readline())
         job._conn.close()  # the caller goes away (as when it is killed): the server kills its job
         deadline = time.monotonic() + 10
@@ -111,11 +111,12 @@ def test_a_stopped_server_takes_no_new_job_and_lets_the_running_ones_end(light_s
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "waiter.py").write_text("import sys, time\nprint('started', flush=True)\ntime.sleep(1)\nsys.exit(5)\n")
     out = in_env(env, textwrap.dedent(f"""
+        import os, subprocess
         from mlops.engine.forkserver import spawn, stop
-        job = spawn(["waiter"], {str(tmp_path / "job")!r})
+        job = spawn(["waiter"], {str(tmp_path / "job")!r}, dict(os.environ), stdout=subprocess.PIPE, text=True)
         job.stdout.readline()
         print("stopped", stop())
-        print("new job", spawn(["waiter"], {str(tmp_path / "job")!r}))
+        print("new job", spawn(["waiter"], {str(tmp_path / "job")!r}, dict(os.environ)))
         print("exit", job.wait())
     """))
     assert "stopped 1" in out and "new job None" in out
@@ -126,10 +127,10 @@ def test_a_stopped_server_takes_no_new_job_and_lets_the_running_ones_end(light_s
 def test_no_server_means_none_and_an_idle_server_ends():
     runtime = short_folder()
     env = server_env(runtime, MLOPS_FORKSERVER_IDLE="1")
-    assert in_env(env, "from mlops.engine.forkserver import spawn; print(spawn(['json.tool'], '.'))").strip() == "None"
+    probe = "import os; from mlops.engine.forkserver import spawn; print(spawn(['json.tool'], '.', dict(os.environ)))"
+    assert in_env(env, probe).strip() == "None"
     server = start_server(env)
-    assert in_env({**env, "MLOPS_FORKSERVER": "0"},
-                  "from mlops.engine.forkserver import spawn; print(spawn(['json.tool'], '.'))").strip() == "None"
+    assert in_env({**env, "MLOPS_FORKSERVER": "0"}, probe).strip() == "None"
     assert server.wait(15) == 0  # idle for a second: it ended by itself
     assert not list(runtime.rglob("*.sock"))
 
@@ -169,40 +170,9 @@ def test_deepar_trained_in_a_fork_gives_the_digits_of_a_fresh_process(full_serve
                                   capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stderr
         else:
-            out = in_env(env, f"from mlops.engine.forkserver import spawn\njob = spawn(['mlops.deepar', *{run!r}], '.')\n"
+            out = in_env(env, f"import os, subprocess\nfrom mlops.engine.forkserver import spawn\n"
+                              f"job = spawn(['mlops.deepar', *{run!r}], '.', dict(os.environ), stdout=subprocess.PIPE, text=True)\n"
                               "assert job is not None\nprint(job.stdout.read()); print('exit', job.wait())")
             assert out.strip().endswith("exit 0"), out
         metrics[how] = json.loads((tmp_path / how / "output" / "metrics.json").read_text())
     assert metrics["forked"] == metrics["fresh"]  # digit for digit
-
-
-def children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def test_mlops_run_in_the_server_keeps_the_persons_signals(full_server, tmp_path):
-    env, server = full_server
-    ws = private_workspace(tmp_path)
-    env = {**env, **ws["env"], "COLUMNS": "200"}
-    slow = [*(a if a != "Epochs=1" else "Epochs=400" for a in TINY)]
-    run = subprocess.Popen([*MLOPS, "run", "--data", str(ws["root"] / "train.csv"), *slow], env=env, cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert any("TrainDeepAR" in line and "epoch" in line for line in run.stdout)  # training has begun
-    assert children(run.pid) == []  # the command runs in a fork of the server: it has no process of its own
-    run.send_signal(signal.SIGINT)  # Ctrl+C
-    rest = run.stdout.read()
-    assert run.wait(60) != 0
-    listed = run_mlops("runs", cwd=tmp_path, env=ws["env"])
-    assert "Stopped" in listed.stdout, rest + listed.stdout
-    # killed outright, the command takes its fork with it, and the fork its jobs: nothing keeps running or holds the execution
-    run = subprocess.Popen([*MLOPS, "run", "--data", str(ws["root"] / "train.csv"), *slow], env=env, cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    assert any("TrainDeepAR" in line and "epoch" in line for line in run.stdout if not seen.append(line)), "".join(seen)
-    assert children(server.pid)  # the command's fork and its training job
-    run.kill(); run.wait()
-    deadline = time.monotonic() + 10
-    while children(server.pid) and time.monotonic() < deadline: time.sleep(0.05)
-    assert children(server.pid) == []
-    listed = run_mlops("runs", cwd=tmp_path, env=ws["env"]).stdout
-    assert listed.count("Stopped") == 2 and "Executing" not in listed, listed

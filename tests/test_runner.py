@@ -195,15 +195,3 @@ def test_retry_policy_retries_a_retryable_failure(tmp_path):
     broken = run_definition(definition(True), pipeline="Flaky", home=tmp_path / "home")
     assert broken.status == "Failed" and broken.step("Flaky").attempt == 1
     assert "AssertionError: a bug in the step" in broken.failure_reason
-
-
-def test_deepar_starts_in_a_worker_prestarted_during_the_step_before_and_trains_alike(workspace, trained):
-    "The worker loads torch and GluonTS while feature engineering runs; a cold start (that step reused) gives the same model."
-    assert "runs in a worker prestarted" in (trained.folder / "TrainDeepAR" / "log.txt").read_text()
-    result = mlops(workspace, "run", "--data", workspace["root"] / "train.csv", *TINY, "--no-cache",
-                   "--steps", "TrainDeepAR", "--reference", trained.id)
-    assert result.returncode == 0, result.stderr
-    cold = latest(workspace)
-    assert cold.step("FeatureEngineering").cached_from == trained.id  # nothing ran before it: no worker was prestarted
-    assert "prestarted" not in (cold.folder / "TrainDeepAR" / "log.txt").read_text()
-    assert cold.metrics == trained.metrics

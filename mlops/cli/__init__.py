@@ -67,6 +67,7 @@ COMMANDS = {
     "render": "mlops.cli.deploy.render", "fill": "mlops.cli.deploy.fill", "validate": "mlops.cli.deploy.validate",
     "deploy": "mlops.cli.deploy.deploy", "start": "mlops.cli.deploy.start", "watch": "mlops.cli.deploy.watch",
     "code-location": "mlops.cli.deploy.code_location",
+    "dev-server": "mlops.cli.local.dev_server",
     "events": "mlops.cli.events.events", "dag": "mlops.cli.dag.dag",
     "params": "mlops.cli.steps.params", "new-step": "mlops.cli.steps.new_step",
 }

@@ -16,7 +16,7 @@ from ..config import FORECAST, mlops_home
 
 # %% auto #0
 __all__ = ['demo_data_command', 'data_notes', 'features', 'ProgressView', 'show_execution_summary', 'checked_definition',
-           'exit_quickly', 'run', 'runs', 'status', 'logs', 'train_deepar']
+           'exit_quickly', 'run', 'runs', 'status', 'logs', 'train_deepar', 'dev_server']
 
 # %% ../../nbs/cli/01_local.ipynb #b49a2cba
 @click.command("demo-data")
@@ -265,8 +265,6 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     except DefinitionNotRunnable as e:
         fail(str(e), 2)
     with phase("cli: summary"): show_execution_summary(execution)
-    from mlops.engine.forkserver import ensure_running
-    ensure_running()  # detached: it loads the libraries now, for the next run's jobs
     exit_quickly(0 if execution.status == "Succeeded" else 1)
 
 # %% ../../nbs/cli/01_local.ipynb #d49e740a
@@ -335,3 +333,18 @@ def train_deepar(work_dir: Path | None, epochs: int, hyperparameters: tuple[str,
     console.print(f"model: {result['model']}", markup=False, soft_wrap=True)
     console.print(f"metrics: {result['metrics_file']}", markup=False, soft_wrap=True)
     console.print(f"wall time: {result['seconds']:.1f} s")
+
+# %% ../../nbs/cli/01_local.ipynb #3feb7944
+@click.command("dev-server")
+@click.argument("action", type=click.Choice(["start", "stop", "status"]))
+@click.option("--all", "every", is_flag=True, help="stop: every dev server of this user (one per environment)")
+def dev_server(action, every):
+    "Start, stop or show the dev server: jobs forked from loaded libraries (Linux; ends when idle)."
+    from mlops.engine import forkserver
+    if action == "start":
+        if forkserver.start() is None:
+            fail("the dev server cannot start here (MLOPS_FORKSERVER is off, this is not Linux, or the runtime folder is "
+                 "not private).", 2, fix="every job runs as a plain process; nothing else changes.")
+        console.print(forkserver.status(), soft_wrap=True)
+    elif action == "stop": console.print(f"stopped {forkserver.stop(every)} dev server(s)")
+    else: console.print(forkserver.status(), soft_wrap=True)

@@ -30,9 +30,9 @@ from .store import LocalStore
 from ..files import text_sha256
 
 # %% auto #0
-__all__ = ['LOCAL_ACCOUNT_ARN', 'AUTOMATIC_RETRY', 'AUTOMATICALLY_RETRIED', 'ExecutionState', 'retry_policy', 'retry_delay',
-           'execute_step', 'refuse_resuming_a_fail_step', 'definition_text', 'changed_steps', 'first_workers',
-           'run_definition']
+__all__ = ['LOCAL_ACCOUNT_ARN', 'AUTOMATIC_RETRY', 'AUTOMATICALLY_RETRIED', 'TEMPORARY_FILES', 'ExecutionState', 'retry_policy',
+           'retry_delay', 'execute_step', 'refuse_resuming_a_fail_step', 'definition_text', 'changed_steps',
+           'run_definition', 'remove_temporary_files']
 
 # %% ../../nbs/engine/07_run.ipynb #3073d27d
 LOCAL_ACCOUNT_ARN = "arn:aws:sagemaker:local:000000000000"
@@ -107,9 +107,8 @@ def _from_cache(state: ExecutionState, spec: StepSpec, key: str) -> StepResult |
     state.records.save_step(state.id, spec.name, spec.type, "Succeeded", now, now, 1, None, hit["properties"], key, source)
     return StepResult(spec.name, spec.type, "Succeeded", now, now, 1, None, hit["properties"], source)
 
-def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: str, prestart: str | None = None) -> StepResult:
-    """Run one step (or take it from the cache), with its retry policies; the final result.
-    `prestart`: a worker module a later step uses, started when this step really runs (not from the cache)."""
+def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: str) -> StepResult:
+    """Run one step (or take it from the cache), with its retry policies; the final result."""
     folder = state.folder / spec.name
     folder.mkdir(parents=True, exist_ok=True)
     try: arguments = evaluate(spec.arguments, state.step_context(spec)) if spec.type != "Condition" else spec.arguments
@@ -135,7 +134,6 @@ def execute_step(state: ExecutionState, spec: StepSpec, use_cache: bool, code: s
                 state.emit("cache-warning", cached, line=stale_input_warning(spec.name, cached.cached_from, uri), uri=uri)
             return cached
         state.records.save_inputs(state.id, spec.name, digests)  # what it reads, for a later hit to compare
-    if prestart: state.processes.prestart(prestart)
     attempt, first_started = 1, time.time()
     while True:
         started = log_started[0] = time.time()
@@ -215,26 +213,17 @@ def _reused(state: ExecutionState, specs, resume, steps, reference) -> list[Step
                                                row["attempt"], None, row["properties"], row["cache_key"], reference)
     return results
 
-def first_workers(definition: dict) -> set[str]:
-    """The worker modules of the steps that wait for no other step: a caller may start them early (`prestart_early`),
-    so that their start overlaps the loading and staging of the pipeline. (The later steps' workers start when a step
-    before them really runs: started earlier, they would cost a fully cached run their imports for nothing.)"""
-    from mlops.definition.graph import step_specs
-    return {e.worker for s in step_specs(definition).values() if not s.depends_on
-            and (e := executors.find(s.type, s.arguments)) is not None and e.worker}
-
 def _schedule(state: ExecutionState, plan: Plan, max_parallel: int, use_cache: bool) -> str | None:
     "Run the plan's steps as they become ready; the failure reason of the first failed step, or None."
     code, failure = code_digest(), None
     pending = {n: s for n, s in plan.specs.items() if n not in plan.finished}
-    workers = {d: e.worker for s in plan.specs.values() if (e := executors.find(s.type, s.arguments)) and e.worker for d in s.depends_on}
     with ThreadPoolExecutor(max_workers=max(1, max_parallel)) as pool:
         try:
             running = {}
             while pending or running:
                 for spec in (plan.ready(pending) if failure is None else []):
                     if len(running) >= max(1, max_parallel): break
-                    running[pool.submit(execute_step, state, spec, use_cache, code, workers.get(spec.name))] = spec.name
+                    running[pool.submit(execute_step, state, spec, use_cache, code)] = spec.name
                     del pending[spec.name]
                 if not running: break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -280,11 +269,24 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
     finally:
         if lock is not None: lock.close()
 
+TEMPORARY_FILES = (".deepar-work-*", ".*.partial.ipynb")  # the trainer's work folder; papermill's notebook as it goes
+
+def remove_temporary_files(folder: Path) -> list[Path]:
+    "Remove what a killed job left half-written under `folder` (`TEMPORARY_FILES`); what was removed."
+    import shutil
+    found = sorted({p for pattern in TEMPORARY_FILES for p in Path(folder).rglob(pattern)})
+    for path in found:
+        if path.is_dir(): shutil.rmtree(path, ignore_errors=True)
+        else: path.unlink(missing_ok=True)
+    return found
+
 def _execute(state: ExecutionState, specs, options: dict, resume, steps, reference) -> Execution:
     "Record the execution as started, run it, record how it ended."
     text, execution_id = definition_text(state.definition), state.id
     digest = text_sha256(text)
-    if resume: state.records.resume_execution(execution_id)
+    if resume:
+        remove_temporary_files(state.folder)  # a killed attempt's half-written files are no step's output
+        state.records.resume_execution(execution_id)
     else:
         (state.folder / "definition.json").write_text(text)
         state.records.start_execution(execution_id, state.pipeline, state.context.parameters, digest, reference, options)

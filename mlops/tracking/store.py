@@ -98,7 +98,8 @@ def serve_ui(home: str | Path | None = None, port: int = 5000, host: str = "127.
     its own (MLflow's server starts workers of its own), ended with this function, so that no process keeps serving the port."""
     import signal
     client(home)  # create the database first, under the lock
-    server = subprocess.Popen(ui_command(home, port, host), start_new_session=True)
+    from mlops.engine.launch import launch  # the one launcher: the UI ends with this process, however it ends
+    server = launch(ui_command(home, port, host), os.getcwd(), dict(os.environ), new_session=True)
     def stop(signum, frame): raise KeyboardInterrupt
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)} \
         if threading.current_thread() is threading.main_thread() else {}

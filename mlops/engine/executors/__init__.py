@@ -40,7 +40,6 @@ class Executor:
     "Runs one kind of step. Subclass it: set `step_type` and `runs`, implement `run` (and `accepts`, `describe`)."
     step_type: str = ""
     runs: str = ""  # what it runs, in one line
-    worker: str | None = None  # module of a prestarted worker (`python -m <module> warm`)
     cache_attributes: tuple[str, ...] | None = None  # arguments compared for the step cache; None: SageMaker's list for the type
 
     def accepts(self, arguments: dict) -> bool: return True

@@ -26,7 +26,7 @@ def is_deepar_image(image) -> bool:
 
 class DeepARTrainingExecutor(Executor):
     "Training with the forecasting-deepar image, run by the local DeepAR."
-    step_type, runs, worker = "Training", "the forecasting-deepar image (local DeepAR)", "mlops.deepar"
+    step_type, runs = "Training", "the forecasting-deepar image (local DeepAR)"
 
     def accepts(self, arguments: dict) -> bool:
         return is_deepar_image(arguments.get("AlgorithmSpecification", {}).get("TrainingImage"))
@@ -45,7 +45,8 @@ class DeepARTrainingExecutor(Executor):
                    "--model-dir", str(folder / "model"), "--output-dir", str(folder / "output"),
                    "--hyperparameters", str(folder / "hyperparameters.json")]
         if "test" in channels: command += ["--test", str(channels["test"])]
-        run_command(command, folder, step.name, step.execution.processes, step.log, worker=self.worker)
+        run_command(command, folder, step.name, step.execution.processes, step.log,
+                    {k: as_text(v) for k, v in args.get("Environment", {}).items()})
         job_name = step.execution.job_name(step.name)
         model_uri = f"{args['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{job_name}/output/model.tar.gz"
         store.upload(folder / "model" / "model.tar.gz", model_uri)
@@ -97,7 +98,7 @@ def resolve_model(name: str, execution) -> dict:
 
 class DeepARTransformExecutor(Executor):
     "Batch Transform with a DeepAR model, run by the local DeepAR."
-    step_type, runs, worker = "Transform", "a DeepAR model (local batch transform)", "mlops.deepar"
+    step_type, runs = "Transform", "a DeepAR model (local batch transform)"
 
     def resolve(self, step: StepRun) -> dict:
         """The model the ModelName means now (a group: its latest Approved version): its image, data URI and ARN, part of the
@@ -117,7 +118,7 @@ class DeepARTransformExecutor(Executor):
         command = [sys.executable, "-m", "mlops.deepar", "transform", "--model-dir", str(folder / "model"),
                    "--input", str(folder / "input"), "--output", str(folder / "output")]
         run_command(command, folder, step.name, step.execution.processes, step.log,
-                    {k: as_text(v) for k, v in args.get("Environment", {}).items()}, worker=self.worker)
+                    {k: as_text(v) for k, v in args.get("Environment", {}).items()})
         assemble(args, folder / "output")
         store.upload(folder / "output", args["TransformOutput"]["S3OutputPath"])
         return {**args, "TransformJobName": step.execution.job_name(step.name), "TransformJobStatus": "Completed",

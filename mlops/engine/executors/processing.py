@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -41,7 +42,6 @@ def job_path(local_path, folder: Path, step: str = "") -> Path:
 class ProcessingExecutor(Executor):
     "Processing with the mlops processing image."
     step_type, runs = "Processing", "the mlops processing image (entry point python -m mlops.processing)"
-    worker = "mlops.processing"  # a prestarted worker has its kernel started (`python -m mlops.processing warm`)
 
     def accepts(self, arguments: dict) -> bool:
         return arguments.get("AppSpecification", {}).get("ContainerEntrypoint") == MLOPS_ENTRYPOINT
@@ -50,6 +50,8 @@ class ProcessingExecutor(Executor):
         args, folder, store = step.arguments, step.folder, step.execution.store
         outputs = args.get("ProcessingOutputConfig", {}).get("Outputs", [])
         places = {o["OutputName"]: job_path(o["S3Output"]["LocalPath"], folder, step.name) for o in outputs}  # all checked first
+        for place in places.values():  # a job's output folders start empty (a retry's or resume's too): nothing of an earlier attempt is uploaded
+            if place.exists(): shutil.rmtree(place)
         for source, place in [(s["S3Input"], job_path(s["S3Input"]["LocalPath"], folder, step.name)) for s in args.get("ProcessingInputs", [])]:
             store.download(source["S3Uri"], place)
         for place in places.values():
@@ -64,7 +66,7 @@ class ProcessingExecutor(Executor):
         env = {**env, "MLOPS_PROCESSING_JOB_CONFIG": str(folder / "config" / "processingjobconfig.json"),
                "MLOPS_HOME": str(step.execution.home)}
         try:
-            run_command(command, folder, step.name, step.execution.processes, step.log, env, worker=self.worker)
+            run_command(command, folder, step.name, step.execution.processes, step.log, env)
         finally:  # the executed notebook is a report: keep it also when the step fails
             for output in outputs:
                 local = places[output["OutputName"]]
