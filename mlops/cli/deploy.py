@@ -146,7 +146,7 @@ def watch(arn: str, endpoint_url: str | None):
         code = 130
     sys.exit(code)
 
-# %% ../../nbs/cli/03_deploy.ipynb #55983f69
+# %% ../../nbs/cli/03_deploy.ipynb #56832627
 @click.command("code-location")
 @click.option("--values", "values_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="JSON object of template key → value (its CodeLocation)")

@@ -61,7 +61,7 @@ def choose_pipelines(pipeline: str | None = None) -> dict[str, str]:
         raise RemoteError(f"no pipeline named {pipeline!r}. Fix: choose one of {', '.join(TEMPLATE_FILES)}.")
     return chosen
 
-# %% ../../nbs/remote/02_deploy.ipynb #46cb4d1a
+# %% ../../nbs/remote/02_deploy.ipynb #fc5dbf02
 def code_location(values_path: str | Path, templates_dir: str | Path | None = None) -> str:
     "`CodeLocation/<code_version>`: where the step notebooks of the rendered templates go for this environment, a new prefix for new code."
     from mlops.definition.templates import code_version
