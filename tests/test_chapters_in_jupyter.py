@@ -55,6 +55,7 @@ def test_chapter_runs_top_to_bottom_in_a_jupyter_kernel(chapter: Path, tmp_path,
     monkeypatch.setenv("IN_TEST", "1")  # as nbdev_test sets it
     notebook = nbformat.read(chapter, as_version=4)
     if str(notebook.metadata.get("skip_exec", "")).lower() in ("true", "1"): return
+    if not any(c.cell_type == "code" for c in notebook.cells): return  # a page of prose (index.ipynb, which makes README.md)
     notebook.cells = [c for c in notebook.cells if not skipped(c)]
     assert notebook.cells, f"{chapter.relative_to(NBS)} has no cell to run"
     client = NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(chapter.parent)}})
