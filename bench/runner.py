@@ -6,22 +6,20 @@ records anyway and from the opt-in timing hook (MLOPS_TIMINGS=FILE, see mlops/ti
   - CLI start and imports     launch → the `run` command's body starts (hook);
   - definition and staging    → the execution starts (runs.db): template filled, notebooks and data in the store;
   - engine start              → the first step starts (runs.db);
-  - FeatureEngineering: process, imports and kernel start (what a prestarted worker did not hide), the notebook's
-    import cells, its other cells (compute, papermill's per-cell times), papermill between cells, and the end (kernel shut down, report
-    and outputs copied);
-  - hand-over to the DeepAR worker: the training step's wall time minus the trainer's own report (waiting for a
-    prestarted worker's imports, or a cold start's, and copying the model);
-  - DeepAR training: the trainer's report (compute), minus torch/lightning/GluonTS imports when it started cold;
+  - FeatureEngineering: process, imports and kernel start, the notebook's import cells, its other cells (compute,
+    papermill's per-cell times), papermill between cells, and the end (kernel shut down, report and outputs copied);
+  - DeepAR job start: the training step's wall time minus the trainer's own report (the process and its imports,
+    none when the dev server forked it, and copying the model);
+  - DeepAR training: the trainer's report (compute), minus torch/lightning/GluonTS imports when it started as a plain process;
   - quality gate, registration and model: from training's end to the last step's end;
   - MLflow (waiting for the background logging to finish): → the execution ends (runs.db);
   - summary and exit: → the process has exited.
 Compute = the feature notebook's non-import cells + DeepAR training; orchestration overhead = wall time − compute.
 Targets: overhead ≤ 15 % of the wall time, fully cached re-run ≤ 5 % of the first (stretch ≤ 10 %).
 
-Two columns for this checkout, in the same rounds: with its fork server warm (mlops.engine.forkserver: started and
-ready before the rounds, as a previous run leaves it; the loop a data scientist repeats) and with none
-(MLOPS_FORKSERVER=0: the first run of the day, every process started fresh). CPU time counts the command, its
-processes and the jobs the fork server forked for it (the server's reaped children).
+Two columns for this checkout, in the same rounds: with a dev server (`mlops dev-server start`, the faster path a
+person chooses: started and ready before the rounds, stopped after them) and the default (every job a plain process).
+CPU time counts the command, its processes and the jobs the dev server forked for it (the server's reaped children).
 `--baseline ROOT` runs another checkout of the project (e.g. the main branch) in the same rounds, interleaved, so
 before and after are measured under the same load and printed side by side.
 
@@ -31,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ HERE = Path(__file__).resolve().parents[1]
 PHASES = ["CLI start and imports", "definition and staging", "engine start", "FeatureEngineering: process, imports, kernel",
           "FeatureEngineering: notebook import cells", "FeatureEngineering: notebook compute",
           "FeatureEngineering: papermill between cells", "FeatureEngineering: end",
-          "between steps", "hand-over to the DeepAR worker", "DeepAR training (compute)",
+          "between steps", "DeepAR job start", "DeepAR training (compute)",
           "quality gate, registration, model", "MLflow: waiting for the logging", "summary and exit"]
 COMPUTE = ("FeatureEngineering: notebook compute", "DeepAR training (compute)")
 
@@ -93,13 +92,11 @@ def server_children_cpu(server: int | None) -> float:
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime, cstime
 
 
-def warm_server(root: Path) -> int:
-    "Start the fork server of `root`'s environment (as the end of a run does), wait until it takes jobs; its pid."
-    code = ("import time; from mlops.engine.forkserver import ensure_running, server_pid\nensure_running()\n"
-            "while server_pid() is None: time.sleep(0.2)\nprint(server_pid())")
-    done = subprocess.run([sys.executable, "-c", code], env=environment(root, True), check=True, timeout=300,
-                          capture_output=True, text=True)
-    return int(done.stdout.strip())
+def dev_server(root: Path) -> int:
+    "Start the dev server of `root`'s environment, as `mlops dev-server start` does; its pid once it takes jobs."
+    done = subprocess.run([sys.executable, "-m", "mlops.engine.forkserver", "start"], env=environment(root, True), check=True,
+                          timeout=600, capture_output=True, text=True)
+    return int(done.stdout.split("(pid ")[1].split(")")[0])
 
 
 def console_script(root: Path) -> str:
@@ -146,14 +143,14 @@ def phases_of_first_run(home: Path, launched: float, exited: float, timings: Pat
     first_cell, last_cell, import_cells, cells = notebook_cells(next(folder.glob("FeatureEngineering/output/report/*.ipynb")))
     log = folder / "TrainDeepAR" / "log.txt"
     reported = trainer_reported(log)
-    warm = "runs in a worker prestarted" in log.read_text()
-    training = reported if warm else reported - imports
+    forked = any(said in log.read_text() for said in ("forked by the dev server", "runs in a worker prestarted"))  # (older checkouts)
+    training = reported if forked else reported - imports
     return {"CLI start and imports": cli - launched, "definition and staging": started - cli,
             "engine start": fe_start - started, "FeatureEngineering: process, imports, kernel": first_cell - fe_start,
             "FeatureEngineering: notebook import cells": import_cells, "FeatureEngineering: notebook compute": cells,
             "FeatureEngineering: papermill between cells": (last_cell - first_cell) - import_cells - cells,
             "FeatureEngineering: end": fe_end - last_cell,
-            "between steps": tr_start - fe_end, "hand-over to the DeepAR worker": (tr_end - tr_start) - training,
+            "between steps": tr_start - fe_end, "DeepAR job start": (tr_end - tr_start) - training,
             "DeepAR training (compute)": training, "quality gate, registration, model": max(e for _, e in steps.values()) - tr_end,
             "MLflow: waiting for the logging": ended - max(e for _, e in steps.values()), "summary and exit": exited - ended
             }
@@ -182,14 +179,17 @@ def main():
     options = parser.parse_args()
     args = [a for p in options.parameter for a in ("-p", p)]
     imports, ours = training_imports(HERE), console_script(HERE)
-    roots = {"fork server warm": (HERE, ours, warm_server(HERE)), "no fork server": (HERE, ours, None)} | \
+    roots = {"dev server": (HERE, ours, dev_server(HERE)), "default": (HERE, ours, None)} | \
             ({"baseline": (options.baseline.resolve(), console_script(options.baseline.resolve()), None)} if options.baseline else {})
     results = {name: [] for name in roots}
-    for number in range(options.rounds):
-        for name, (root, script, server) in roots.items():
-            results[name].append(one_round(root, script, server, args, imports))
-            print(f"round {number + 1}/{options.rounds}, {name}: {results[name][-1]['wall']:.1f} s, cached re-run "
-                  f"{results[name][-1]['cached']:.1f} s", file=sys.stderr, flush=True)
+    try:
+        for number in range(options.rounds):
+            for name, (root, script, server) in roots.items():
+                results[name].append(one_round(root, script, server, args, imports))
+                print(f"round {number + 1}/{options.rounds}, {name}: {results[name][-1]['wall']:.1f} s, cached re-run "
+                      f"{results[name][-1]['cached']:.1f} s", file=sys.stderr, flush=True)
+    finally:  # the dev server this benchmark started ends with it
+        os.kill(roots["dev server"][2], signal.SIGTERM)
     median = {name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in results.items()}
     names = list(roots)
     print(f"mlops run (training pipeline, demo data{', ' + ' '.join(options.parameter) if options.parameter else ''}): "
