@@ -177,11 +177,14 @@ def test_a_killed_steps_temporary_files_reach_no_output_and_a_resume_removes_the
     from mlops.engine.records import Records
     process, value, ready = start(one_step, "hang")
     wait_ready(process, ready)
-    time.sleep(1)  # papermill has saved the notebook as it goes
-    os.kill(process.pid, signal.SIGKILL); process.communicate(timeout=60)
-    assert command_lines(left_after(value)) == {}
     execution = Records(one_step["home"] / "runs.db").executions(1)[0]["id"]
     folder = one_step["home"] / "runs" / execution
+    deadline = time.monotonic() + 60
+    while not list(folder.rglob(".*.partial.ipynb")):  # papermill saves the notebook as it goes, under a temporary name
+        assert time.monotonic() < deadline, "papermill wrote no partial notebook"
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGKILL); process.communicate(timeout=60)
+    assert command_lines(left_after(value)) == {}
     assert list(folder.rglob(".*.partial.ipynb"))  # what the killed job left
     resumed, value, _ = start(one_step, "succeed", "run", "--definition", str(one_step["definition"]), "--resume", execution)
     out, err = resumed.communicate(timeout=300)

@@ -16,12 +16,24 @@ from . import StepError
 from .launch import launch
 
 # %% auto #0
-__all__ = ['job_environment', 'Processes', 'run_command']
+__all__ = ['TEMPORARY_FILES', 'job_environment', 'remove_temporary_files', 'Processes', 'run_command']
 
 # %% ../../nbs/engine/03_processes.ipynb #229155d7
 def job_environment(env: dict | None = None) -> dict:
     "The environment of a step's job: this Python's (standing for the image's) with the step's `Environment` over it."
     return {**os.environ, **{str(k): str(v) for k, v in (env or {}).items()}}
+
+# %% ../../nbs/engine/03_processes.ipynb #51fc46bb
+TEMPORARY_FILES = (".deepar-work-*", ".*.partial.ipynb")  # the trainer's work folder; papermill's notebook as it goes
+
+def remove_temporary_files(folder: Path) -> list[Path]:
+    "Remove what a killed job left half-written under `folder` (`TEMPORARY_FILES`); what was removed."
+    import shutil
+    found = sorted({p for pattern in TEMPORARY_FILES for p in Path(folder).rglob(pattern)})
+    for path in found:
+        if path.is_dir(): shutil.rmtree(path, ignore_errors=True)
+        else: path.unlink(missing_ok=True)
+    return found
 
 # %% ../../nbs/engine/03_processes.ipynb #1a296b8c
 class Processes:

@@ -24,15 +24,14 @@ from .cache import cache_attributes, cache_key, code_digest, duration_seconds, i
 from .execution import Event, Execution, StepResult
 from .executors import StepRun, executors
 from .plan import Plan, check_runnable
-from .processes import Processes
+from .processes import Processes, remove_temporary_files
 from .records import Records, lock_execution
 from .store import LocalStore
 from ..files import text_sha256
 
 # %% auto #0
-__all__ = ['LOCAL_ACCOUNT_ARN', 'AUTOMATIC_RETRY', 'AUTOMATICALLY_RETRIED', 'TEMPORARY_FILES', 'ExecutionState', 'retry_policy',
-           'retry_delay', 'execute_step', 'refuse_resuming_a_fail_step', 'definition_text', 'changed_steps',
-           'run_definition', 'remove_temporary_files']
+__all__ = ['LOCAL_ACCOUNT_ARN', 'AUTOMATIC_RETRY', 'AUTOMATICALLY_RETRIED', 'ExecutionState', 'retry_policy', 'retry_delay',
+           'execute_step', 'refuse_resuming_a_fail_step', 'definition_text', 'changed_steps', 'run_definition']
 
 # %% ../../nbs/engine/07_run.ipynb #3073d27d
 LOCAL_ACCOUNT_ARN = "arn:aws:sagemaker:local:000000000000"
@@ -268,17 +267,6 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
         return _execute(state, specs, options, resume, steps, reference)
     finally:
         if lock is not None: lock.close()
-
-TEMPORARY_FILES = (".deepar-work-*", ".*.partial.ipynb")  # the trainer's work folder; papermill's notebook as it goes
-
-def remove_temporary_files(folder: Path) -> list[Path]:
-    "Remove what a killed job left half-written under `folder` (`TEMPORARY_FILES`); what was removed."
-    import shutil
-    found = sorted({p for pattern in TEMPORARY_FILES for p in Path(folder).rglob(pattern)})
-    for path in found:
-        if path.is_dir(): shutil.rmtree(path, ignore_errors=True)
-        else: path.unlink(missing_ok=True)
-    return found
 
 def _execute(state: ExecutionState, specs, options: dict, resume, steps, reference) -> Execution:
     "Record the execution as started, run it, record how it ended."

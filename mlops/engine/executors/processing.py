@@ -14,7 +14,7 @@ from ...definition.expressions import as_text
 from ...definition.rules import PROCESSING_ROOT, processing_local_path_problem
 from .. import StepError
 from . import Executor, StepIO, StepRun
-from ..processes import run_command
+from ..processes import remove_temporary_files, run_command
 
 # %% auto #0
 __all__ = ['CONTAINER_ROOT', 'MLOPS_ENTRYPOINT', 'REPORT_OUTPUTS', 'LOCAL_ARN', 'container_path', 'job_path',
@@ -67,7 +67,8 @@ class ProcessingExecutor(Executor):
                "MLOPS_HOME": str(step.execution.home)}
         try:
             run_command(command, folder, step.name, step.execution.processes, step.log, env)
-        finally:  # the executed notebook is a report: keep it also when the step fails
+        finally:  # the executed notebook is a report: keep it also when the step fails (never a killed job's temporary files)
+            for place in places.values(): remove_temporary_files(place)
             for output in outputs:
                 local = places[output["OutputName"]]
                 if output["OutputName"] == "report" and any(local.iterdir()): store.upload(local, output["S3Output"]["S3Uri"])
