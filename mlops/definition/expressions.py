@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator
 __all__ = ['EXPRESSIONS', 'EXECUTION_VARIABLES', 'STEP_EXECUTION_VARIABLES', 'CONDITIONS', 'REFERENCE_ROOTS', 'CONDITION_MEMBERS',
            'ExpressionError', 'is_expression', 'expressions', 'gets', 'reference_target', 'parse_property_path',
            'lookup', 'Context', 'as_text', 'evaluate', 'json_get', 'parse_json_path', 'json_get_problem',
-           'step_execution_variables', 'condition_problems', 'value_type', 'evaluate_condition', 'all_conditions']
+           'step_execution_variables', 'expression_form_problem', 'condition_problems', 'value_type',
+           'evaluate_condition', 'all_conditions']
 
 # %% ../../nbs/definition/01_expressions.ipynb #c98e552b
 EXPRESSIONS = ("Get", "Std:Join", "Std:JsonGet")
@@ -24,7 +25,9 @@ EXECUTION_VARIABLES = ("PipelineExecutionId", "PipelineExecutionArn", "PipelineN
 # valued only inside a step of this type: the name of the job that step runs (SDK: ExecutionVariables)
 STEP_EXECUTION_VARIABLES = {"TrainingJobName": "Training", "ProcessingJobName": "Processing"}
 CONDITIONS = ("GreaterThan", "GreaterThanOrEqualTo", "LessThan", "LessThanOrEqualTo", "Equals", "In", "Not", "Or")
-REFERENCE_ROOTS = ("Parameters", "Execution", "Steps")
+# Get's roots: the SDK's Parameter, ExecutionVariable, step Properties, PipelineExperimentConfigProperty
+# (pipeline_experiment_config.py) and ForEach's item and outputs (for_each_step.py)
+REFERENCE_ROOTS = ("Steps", "Parameters", "Execution", "PipelineExperimentConfig", "ForEach", "IterationOutput")
 
 class ExpressionError(ValueError):
     "An expression cannot be parsed or evaluated; the message names it and what is missing."
@@ -173,6 +176,22 @@ def json_get_problem(spec) -> str | None:
 def step_execution_variables(step_type: str, job_name: str) -> dict:
     "The execution variables valued inside a step of `step_type` whose job is `job_name` (TrainingJobName, ProcessingJobName)."
     return {name: job_name for name, kind in STEP_EXECUTION_VARIABLES.items() if kind == step_type}
+
+# %% ../../nbs/definition/01_expressions.ipynb #5470dfbc
+def expression_form_problem(function: str, body) -> str | None:
+    "What is wrong with the form of one expression (`Get`, `Std:Join`, `Std:JsonGet`), as the SDK's functions.py writes them."
+    if function == "Get":
+        return None if isinstance(body, str) and body else "a Get names a reference as text (Steps.X..., Parameters.X, Execution.X)"
+    if function == "Std:JsonGet":
+        return json_get_problem(body)
+    if function == "Std:Join":  # functions.py Join: {"On": str, "Values": [primitive or expression]}
+        if not isinstance(body, dict) or not isinstance(body.get("Values"), list) or set(body) - {"On", "Values"}:
+            return "a Std:Join takes On (text) and Values (a list)"
+        if not isinstance(body.get("On", ""), str): return "a Std:Join's On is text"
+        if bad := [v for v in body["Values"] if isinstance(v, (dict, list)) and not is_expression(v)]:
+            return f"a Std:Join's Values hold literals and expressions, not {json.dumps(bad[0])[:60]}"
+        return None
+    return f"{function} is not a function SageMaker Pipelines evaluates (the SDK writes Get, Std:Join, Std:JsonGet)"
 
 # %% ../../nbs/definition/01_expressions.ipynb #835d707c
 # the members each condition type writes (SDK: sagemaker/core/workflow/conditions.py, the to_request of each class)

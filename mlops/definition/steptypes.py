@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['COMMON_MEMBERS', 'STEP_TYPES', 'WORKFLOW_REFUSED', 'RETRY_LIMITS', 'MEMBER_SCHEMAS', 'StepType',
+__all__ = ['COMMON_MEMBERS', 'STEP_TYPES', 'WORKFLOW_REFUSED', 'RETRY_LIMITS', 'TEXT_OR_EXPRESSION', 'MEMBER_SCHEMAS', 'StepType',
            'retry_policy_problems', 'member_problems']
 
 # %% ../../nbs/definition/05_steptypes.ipynb #aba11ada
@@ -100,9 +100,9 @@ def retry_policy_problems(policy) -> list[tuple[str, str]]:
     return problems
 
 # %% ../../nbs/definition/05_steptypes.ipynb #43f1afae
-_TEXT = {"anyOf": [{"type": "string"}, {"type": "object", "minProperties": 1, "maxProperties": 1}]}  # a literal or an expression
+TEXT_OR_EXPRESSION = {"anyOf": [{"type": "string"}, {"type": "object", "minProperties": 1, "maxProperties": 1}]}  # a literal or an expression
 _FLAG = {"anyOf": [{"type": "boolean"}, {"type": "object", "minProperties": 1, "maxProperties": 1}]}
-_OPTIONAL_TEXT = {"anyOf": [{"type": "null"}, _TEXT]}
+_OPTIONAL_TEXT = {"anyOf": [{"type": "null"}, TEXT_OR_EXPRESSION]}
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9\\-_]{1,64}$"}  # the schema's StepName
 _OUTPUT_PARAMETERS = {"type": "array", "items": {"type": "object", "required": ["OutputName"], "additionalProperties": False,
                       "properties": {"OutputName": {"type": "string", "minLength": 1},
@@ -125,9 +125,9 @@ MEMBER_SCHEMAS = {
     "PropertyFiles": {"type": "array", "items": {"type": "object", "required": ["PropertyFileName", "OutputName", "FilePath"],
                       "additionalProperties": False,
                       "properties": {k: {"type": "string", "minLength": 1} for k in ("PropertyFileName", "OutputName", "FilePath")}}},
-    "FunctionArn": _TEXT, "SqsQueueUrl": _TEXT, "OutputParameters": _OUTPUT_PARAMETERS,
+    "FunctionArn": TEXT_OR_EXPRESSION, "SqsQueueUrl": TEXT_OR_EXPRESSION, "OutputParameters": _OUTPUT_PARAMETERS,
     "CheckType": {"enum": ["DATA_QUALITY", "MODEL_QUALITY", "DATA_BIAS", "MODEL_BIAS", "MODEL_EXPLAINABILITY"]},
-    "ModelPackageGroupName": _TEXT, "SkipCheck": _FLAG, "FailOnViolation": _FLAG, "RegisterNewBaseline": _FLAG,
+    "ModelPackageGroupName": TEXT_OR_EXPRESSION, "SkipCheck": _FLAG, "FailOnViolation": _FLAG, "RegisterNewBaseline": _FLAG,
     "SuppliedBaselineStatistics": _OPTIONAL_TEXT, "SuppliedBaselineConstraints": _OPTIONAL_TEXT, "ModelName": _OPTIONAL_TEXT,
 }
 
