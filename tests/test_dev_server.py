@@ -120,6 +120,47 @@ def test_nothing_of_a_command_stays_with_the_server(dev_server):
     assert no_children_after(dev_server["pid"]) == [] and left_after(value) == []
 
 
+def training_workspace(root: Path) -> dict:
+    "A home, and a filled definition holding the training pipeline's TrainDeepAR step alone, on channels of tiny demo data in the store."
+    from mlops.data.demo import demo_data
+    from mlops.data.features import build_features
+    from mlops.data.series import SeriesColumns, validate_series
+    from mlops.engine.store import LocalStore
+    from mlops.runner import local_definition
+    definition = local_definition("training")
+    step = next(s for s in definition["Steps"] if s["Name"] == "TrainDeepAR")
+    definition["Steps"] = [step]
+    build_features(validate_series(demo_data(n_items=4, periods=90), SeriesColumns(), freq="D"), root / "channels", mode="train",
+                   prediction_length=7, context_length=14)
+    store = LocalStore(root / "home" / "store")
+    for channel in step["Arguments"]["InputDataConfig"]:
+        uri = f"s3://mlops-local/dev-server/channels/{channel['ChannelName']}"
+        store.upload(root / "channels" / channel["ChannelName"], uri)
+        channel["DataSource"]["S3DataSource"]["S3Uri"] = uri
+    step["Arguments"]["HyperParameters"] = {"epochs": "1", "prediction_length": "7", "context_length": "14", "num_cells": "8",
+                                            "time_freq": "D", "num_eval_samples": "20"}
+    (root / "train.json").write_text(json.dumps(definition))
+    return {"root": root, "definition": root / "train.json", "home": root / "home"}
+
+
+def test_a_training_job_sees_its_environment_from_its_first_import(dev_server, tmp_path):
+    """The DeepAR job with OMP_NUM_THREADS=1 in its Environment trains on one thread, and without it on the machine's:
+    the variable is there before torch is imported, in a process of its own or forked by a server of that environment."""
+    workspace = training_workspace(tmp_path)
+    definition = json.loads(workspace["definition"].read_text())
+    threads = {}
+    for environment in ({}, {"OMP_NUM_THREADS": "1"}):
+        definition["Steps"][0]["Arguments"]["Environment"] = environment
+        workspace["definition"].write_text(json.dumps(definition))
+        done = subprocess.run([*MLOPS, "run", "--definition", str(workspace["definition"]), "--no-cache"], capture_output=True,
+                              text=True, timeout=300, env={**dev_server["env"], "MLOPS_HOME": str(workspace["home"])})
+        assert done.returncode == 0, done.stderr
+        log = (max((workspace["home"] / "runs").iterdir(), key=lambda p: p.stat().st_mtime) / "TrainDeepAR" / "log.txt").read_text()
+        threads[len(environment)] = int(log.split("training with ")[1].split(" CPU thread")[0])
+    import torch
+    assert threads == {0: torch.get_num_threads(), 1: 1}  # as in the training container on SageMaker (CreateTrainingJob, Environment)
+
+
 LIGHT = {"MLOPS_FORKSERVER": "1", "MLOPS_FORKSERVER_PRELOAD": "json"}  # a server quick to start
 
 

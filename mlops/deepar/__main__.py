@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             hyperparameters = DeepARHyperparameters.from_strings(_hyperparameters_from_args(args.hyperparameters, args.hyperparameter))
+            import torch  # what the job's environment (OMP_NUM_THREADS) gave it, in the log a person reads
+            print(f"training with {torch.get_num_threads()} CPU thread(s)", flush=True)
             metrics = train(hyperparameters, args.train, args.test, args.model_dir, args.output_dir, seed=args.seed,
                             progress=lambda p: print(format_progress(p), flush=True))
             for name, value in metrics.items():
