@@ -226,3 +226,30 @@ def test_an_environment_is_built_for_the_image_version(workspace, tmp_path):
     assert result.exit_code == 0, result.output
     report = assert_split(home, frame, 0.6, image)
     assert report["sklearn"] == "1.2.1", report
+
+
+FROM_ARGUMENTS = """\
+import argparse, os, shutil
+parser = argparse.ArgumentParser()
+parser.add_argument("--input"); parser.add_argument("--output")
+args = parser.parse_args()
+shutil.copy(os.path.join(args.input, "data.csv"), os.path.join(args.output, "copy.csv"))
+"""
+
+
+def test_without_a_private_mount_namespace_paths_in_arguments_are_rewritten(workspace, tmp_path, monkeypatch):
+    "The fallback where unshare is not allowed: /opt/ml/processing/... in ContainerArguments is the step's folder."
+    home, frame = workspace
+    monkeypatch.setenv("MLOPS_PRIVATE_MOUNTS", "0")
+    definition = build(script_processor, sklearn_image("1.9-0"), tmp_path, home / "store")
+    arguments = definition["Steps"][0]["Arguments"]
+    code = next(i["S3Input"]["S3Uri"] for i in arguments["ProcessingInputs"] if i["InputName"] == "code")
+    (home / "store" / code[len("s3://"):]).write_text(FROM_ARGUMENTS)
+    arguments["AppSpecification"]["ContainerArguments"] = ["--input", "/opt/ml/processing/input", "--output",
+                                                           "/opt/ml/processing/train"]
+    result = run(definition, tmp_path)
+    assert result.exit_code == 0, result.output
+    copied = pd.read_csv(home / "store" / BUCKET / "abalone" / "train" / "copy.csv")
+    pd.testing.assert_frame_equal(copied, frame)
+    log = next((home / "runs").glob("*/Split/log.txt")).read_text()
+    assert "no private mount namespace (MLOPS_PRIVATE_MOUNTS=0)" in log, log

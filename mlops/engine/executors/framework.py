@@ -253,10 +253,12 @@ def in_private_mounts(command: list[str], processing: Path, config: Path, stage:
     "`command` run where /opt/ml/processing is the folder `processing` and /opt/ml/config is `config` (`stage`: an empty folder)."
     return [*NAMESPACE, "/bin/sh", "-c", MOUNT_SCRIPT, "mlops-job", str(processing), str(config), str(stage), *command]
 
-@lru_cache(maxsize=None)
 def private_mounts_problem() -> str | None:
     "None when a job can have a private mount namespace here (tried once, through the launcher), else why not."
-    if os.environ.get(MOUNTS_SETTING) == "0": return f"{MOUNTS_SETTING}=0"
+    return f"{MOUNTS_SETTING}=0" if os.environ.get(MOUNTS_SETTING) == "0" else _mounts_probe()
+
+@lru_cache(maxsize=None)
+def _mounts_probe() -> str | None:
     if not sys.platform.startswith("linux"): return "private mount namespaces are Linux's"
     if not shutil.which("unshare"): return "no unshare command (util-linux)"
     with tempfile.TemporaryDirectory(prefix="mlops-mounts-") as tmp:
