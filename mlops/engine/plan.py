@@ -29,7 +29,8 @@ def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegist
         except (KeyError, TypeError):
             arguments = spec.arguments
         if executors.find(spec.type, arguments) is None:
-            problems.append(f"step {spec.name!r} ({spec.type}) is not supported locally")
+            why = "; ".join(executors.refusals(spec.type, arguments))
+            problems.append(f"step {spec.name!r} ({spec.type}) is not supported locally" + (f": {why}" if why else ""))
         for path, expression in expressions(own_arguments(spec.raw)):
             pointer, key = f"/Steps/{spec.name}/Arguments{json_pointer(path)}", next(iter(expression))
             if key not in EXPRESSIONS:

@@ -43,6 +43,7 @@ class Executor:
     cache_attributes: tuple[str, ...] | None = None  # arguments compared for the step cache; None: SageMaker's list for the type
 
     def accepts(self, arguments: dict) -> bool: return True
+    def refusal(self, arguments: dict) -> str | None: return None  # a step of its type it does not run: why, and what would
     def resolve(self, step: StepRun) -> dict: return {}  # run-time facts for the cache key (JSON values)
     def run(self, step: StepRun) -> dict: raise NotImplementedError
     def describe(self, properties: dict) -> StepIO: return StepIO()
@@ -77,13 +78,18 @@ class ExecutorRegistry:
         "The executor of a step of `step_type` with `arguments`, or None."
         return next((e for e in self._all if e.step_type == step_type and e.accepts(arguments)), None)
 
+    def refusals(self, step_type: str, arguments: dict) -> list[str]:
+        "Why the executors of `step_type` do not run a step with `arguments`, and what would (for a refused step's message)."
+        return [r for e in reversed(self._all) if e.step_type == step_type and (r := e.refusal(arguments))]
+
     def describe(self, step_type: str, properties: dict | None) -> StepIO:
         "The StepIO of a finished step (empty when no executor knows it)."
         executor = self.find(step_type, properties or {})
         return executor.describe(properties or {}) if executor and properties else StepIO()
 
 # %% ../../../nbs/engine/executors/00_executors.ipynb #f2bb4e49
-BUILT_IN_EXECUTORS = ("mlops.engine.executors.processing.ProcessingExecutor", "mlops.engine.executors.deepar.DeepARTrainingExecutor",
+BUILT_IN_EXECUTORS = ("mlops.engine.executors.processing.ProcessingExecutor",
+                      "mlops.engine.executors.framework.FrameworkProcessingExecutor", "mlops.engine.executors.deepar.DeepARTrainingExecutor",
                       "mlops.engine.executors.models.CreateModelExecutor", "mlops.engine.executors.models.RegisterModelExecutor",
                       "mlops.engine.executors.deepar.DeepARTransformExecutor", "mlops.engine.executors.control.ConditionExecutor",
                       "mlops.engine.executors.control.FailExecutor")

@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 from ...definition.expressions import as_text
 from ...definition.rules import PROCESSING_ROOT, processing_local_path_problem
@@ -17,8 +18,8 @@ from . import Executor, StepIO, StepRun
 from ..processes import remove_temporary_files, run_command
 
 # %% auto #0
-__all__ = ['CONTAINER_ROOT', 'MLOPS_ENTRYPOINT', 'REPORT_OUTPUTS', 'LOCAL_ARN', 'container_path', 'job_path',
-           'ProcessingExecutor']
+__all__ = ['CONTAINER_ROOT', 'MLOPS_ENTRYPOINT', 'REPORT_OUTPUTS', 'LOCAL_ARN', 'container_path', 'job_path', 'stage_job',
+           'write_job_config', 'run_job', 'ProcessingExecutor']
 
 # %% ../../../nbs/engine/executors/01_processing.ipynb #47f843e5
 CONTAINER_ROOT = PROCESSING_ROOT  # "/opt/ml/processing/"
@@ -38,6 +39,44 @@ def job_path(local_path, folder: Path, step: str = "") -> Path:
         raise StepError(f"{step}: " + (problem or f"LocalPath {local_path!r} is not a path."))
     return Path(container_path(local_path, folder))
 
+# %% ../../../nbs/engine/executors/01_processing.ipynb #9c1e7a52
+def stage_job(step: StepRun) -> tuple[list[dict], dict[str, Path]]:
+    """Download the step's ProcessingInputs to their LocalPaths and make its output folders, empty (a retry's or resume's too:
+    nothing of an earlier attempt is uploaded); the outputs and where each is in the step's folder (all checked first)."""
+    args, folder, store = step.arguments, step.folder, step.execution.store
+    outputs = args.get("ProcessingOutputConfig", {}).get("Outputs", [])
+    places = {o["OutputName"]: job_path(o["S3Output"]["LocalPath"], folder, step.name) for o in outputs}
+    for place in places.values():
+        if place.exists(): shutil.rmtree(place)
+    for source, place in [(s["S3Input"], job_path(s["S3Input"]["LocalPath"], folder, step.name)) for s in args.get("ProcessingInputs", [])]:
+        store.download(source["S3Uri"], place)
+    for place in places.values():
+        place.mkdir(parents=True, exist_ok=True)
+    return outputs, places
+
+def write_job_config(step: StepRun) -> dict:
+    "The job as DescribeProcessingJob would show it, also written to the step's `config/processingjobconfig.json`."
+    job_name = step.execution.job_name(step.name)
+    job = {**step.arguments, "ProcessingJobName": job_name, "ProcessingJobArn": f"{LOCAL_ARN}:processing-job/{job_name.lower()}"}
+    (step.folder / "config").mkdir(exist_ok=True)
+    (step.folder / "config" / "processingjobconfig.json").write_text(json.dumps(job, indent=2, default=str))
+    return job
+
+def run_job(step: StepRun, outputs: list[dict], places: dict[str, Path], job: dict, run: Callable[[], None]) -> dict:
+    "Call `run` (the job), then upload each output's folder to its S3Uri; the step's properties."
+    store = step.execution.store
+    try:
+        run()
+    finally:  # the executed notebook is a report: keep it also when the step fails (never a killed job's temporary files)
+        for place in places.values(): remove_temporary_files(place)
+        for output in outputs:
+            local = places[output["OutputName"]]
+            if output["OutputName"] == "report" and any(local.iterdir()): store.upload(local, output["S3Output"]["S3Uri"])
+    for output in outputs:
+        store.upload(places[output["OutputName"]], output["S3Output"]["S3Uri"])
+    return {**step.arguments, "ProcessingJobName": job["ProcessingJobName"], "ProcessingJobArn": job["ProcessingJobArn"],
+            "ProcessingJobStatus": "Completed"}
+
 # %% ../../../nbs/engine/executors/01_processing.ipynb #1b0429b7
 class ProcessingExecutor(Executor):
     "Processing with the mlops processing image."
@@ -47,34 +86,15 @@ class ProcessingExecutor(Executor):
         return arguments.get("AppSpecification", {}).get("ContainerEntrypoint") == MLOPS_ENTRYPOINT
 
     def run(self, step: StepRun) -> dict:
-        args, folder, store = step.arguments, step.folder, step.execution.store
-        outputs = args.get("ProcessingOutputConfig", {}).get("Outputs", [])
-        places = {o["OutputName"]: job_path(o["S3Output"]["LocalPath"], folder, step.name) for o in outputs}  # all checked first
-        for place in places.values():  # a job's output folders start empty (a retry's or resume's too): nothing of an earlier attempt is uploaded
-            if place.exists(): shutil.rmtree(place)
-        for source, place in [(s["S3Input"], job_path(s["S3Input"]["LocalPath"], folder, step.name)) for s in args.get("ProcessingInputs", [])]:
-            store.download(source["S3Uri"], place)
-        for place in places.values():
-            place.mkdir(parents=True, exist_ok=True)
+        args, folder = step.arguments, step.folder
+        outputs, places = stage_job(step)
         app = args["AppSpecification"]
         command = [sys.executable, "-m", "mlops.processing"] + [container_path(as_text(a), folder) for a in app.get("ContainerArguments", [])]
         env = {k: container_path(as_text(v), folder) for k, v in args.get("Environment", {}).items()}
-        job_name = step.execution.job_name(step.name)
-        job = {**args, "ProcessingJobName": job_name, "ProcessingJobArn": f"{LOCAL_ARN}:processing-job/{job_name.lower()}"}
-        (folder / "config").mkdir(exist_ok=True)
-        (folder / "config" / "processingjobconfig.json").write_text(json.dumps(job, indent=2, default=str))
+        job = write_job_config(step)
         env = {**env, "MLOPS_PROCESSING_JOB_CONFIG": str(folder / "config" / "processingjobconfig.json"),
                "MLOPS_HOME": str(step.execution.home)}
-        try:
-            run_command(command, folder, step.name, step.execution.processes, step.log, env)
-        finally:  # the executed notebook is a report: keep it also when the step fails (never a killed job's temporary files)
-            for place in places.values(): remove_temporary_files(place)
-            for output in outputs:
-                local = places[output["OutputName"]]
-                if output["OutputName"] == "report" and any(local.iterdir()): store.upload(local, output["S3Output"]["S3Uri"])
-        for output in outputs:
-            store.upload(places[output["OutputName"]], output["S3Output"]["S3Uri"])
-        return {**args, "ProcessingJobName": job_name, "ProcessingJobArn": job["ProcessingJobArn"], "ProcessingJobStatus": "Completed"}
+        return run_job(step, outputs, places, job, lambda: run_command(command, folder, step.name, step.execution.processes, step.log, env))
 
     def describe(self, p: dict) -> StepIO:
         arguments = [str(a) for a in p.get("AppSpecification", {}).get("ContainerArguments", [])]
