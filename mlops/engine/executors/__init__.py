@@ -43,6 +43,7 @@ class Executor:
     cache_attributes: tuple[str, ...] | None = None  # arguments compared for the step cache; None: SageMaker's list for the type
 
     def accepts(self, arguments: dict) -> bool: return True
+    def refusal(self, step: dict, options: dict) -> str | None: return None  # why this step (as written, its own members evaluated where they can be) cannot run with the run's options, and the fix
     def resolve(self, step: StepRun) -> dict: return {}  # run-time facts for the cache key (JSON values)
     def run(self, step: StepRun) -> dict: raise NotImplementedError
     def describe(self, properties: dict) -> StepIO: return StepIO()
@@ -86,5 +87,6 @@ class ExecutorRegistry:
 BUILT_IN_EXECUTORS = ("mlops.engine.executors.processing.ProcessingExecutor", "mlops.engine.executors.deepar.DeepARTrainingExecutor",
                       "mlops.engine.executors.models.CreateModelExecutor", "mlops.engine.executors.models.RegisterModelExecutor",
                       "mlops.engine.executors.deepar.DeepARTransformExecutor", "mlops.engine.executors.control.ConditionExecutor",
-                      "mlops.engine.executors.control.FailExecutor")
+                      "mlops.engine.executors.control.FailExecutor", "mlops.engine.executors.lambdas.LambdaExecutor",
+                      "mlops.engine.executors.callback.CallbackExecutor")
 executors = ExecutorRegistry(BUILT_IN_EXECUTORS)
