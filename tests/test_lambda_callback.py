@@ -210,3 +210,38 @@ def test_callback_steps_wait_for_mlops_callback(definitions, tmp_path):
     assert steps["Approve"]["status"] == "Failed" and steps["Approve"]["failure_reason"] == "Approve: not approved"
     [run_folder] = (home / "runs").iterdir()
     assert glue["token"] in (run_folder / "RunGlueJob" / "log.txt").read_text()
+
+
+def test_an_answer_sent_while_the_run_was_stopped_is_taken_on_resume(definitions, tmp_path):
+    import signal
+    home = tmp_path / ".mlops"
+    env = {**os.environ, "MLOPS_HOME": str(home), "COLUMNS": "200"}
+    command = [*MLOPS, "run", "--definition", str(definitions["callbacks"])]
+    run = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        glue = wait_for(lambda: waiting_message(home, "RunGlueJob"), run)
+        run.send_signal(signal.SIGINT)  # Ctrl-C while the step waits
+        run.communicate(timeout=60)
+    finally:
+        if run.poll() is None: run.kill(); run.wait()
+    assert steps_of(home)["RunGlueJob"]["status"] == "Stopped"
+    assert waiting_message(home, "RunGlueJob") == {**glue, "status": "Stopping"}  # what SageMaker sends on a stop
+    execution_id = next((home / "runs").iterdir()).name
+    answered = run_mlops("callback", "success", glue["token"], "--output", "output_location=s3://bucket/out",
+                         "--output", "rows=3", env={"MLOPS_HOME": str(home)})
+    assert answered.returncode == 0, answered.stderr
+    assert f"mlops run --resume {execution_id}" in " ".join(answered.stdout.split())
+    resume = subprocess.Popen([*command, "--resume", execution_id], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        approve = wait_for(lambda: waiting_message(home, "Approve"), resume)  # the first step took the answer at once
+        assert approve["arguments"] == {"summary": "s3://bucket/out:3"}
+        assert run_mlops("callback", "success", approve["token"], "--output", "approved=true",
+                         env={"MLOPS_HOME": str(home)}).returncode == 0
+        stdout, stderr = resume.communicate(timeout=60)
+    finally:
+        if resume.poll() is None: resume.kill(); resume.wait()
+    assert resume.returncode == 0, stdout + stderr
+    steps = steps_of(home)
+    assert steps["RunGlueJob"]["properties"]["CallbackToken"] == glue["token"]  # the same token, answered while stopped
+    assert steps["Approve"]["properties"]["OutputParameters"] == {"approved": True}

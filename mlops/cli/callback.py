@@ -38,5 +38,5 @@ def callback(outcome, token, outputs, reason):
                           markup=False, soft_wrap=True, style="yellow")
     console.print(f"{outcome} sent to step {answered['step']} of execution {answered['execution']}", markup=False, soft_wrap=True)
     if answered["status"] not in ("Executing", None):
-        console.print(f"the execution is {answered['status']}: `mlops run --resume {answered['execution']}` continues it, "
-                      "and the step takes this answer", markup=False, soft_wrap=True)
+        console.print(f"the execution is {answered['status']}: `mlops run --resume {answered['execution']}` (with the "
+                      "--definition it started with) continues it, and the step takes this answer", markup=False, soft_wrap=True)

@@ -217,7 +217,7 @@ def checked_definition(path: Path, parameters: dict | None = None, require_value
              fix=escape(f"`mlops validate {path}` lists every problem; render and fill one with `mlops render` and `mlops fill`."))
     return definition
 
-# %% ../../nbs/cli/01_local.ipynb #49a7eda0
+# %% ../../nbs/cli/01_local.ipynb #1a2b3c4d
 def lambda_map(pairs) -> dict:
     "`--lambda FUNCTION=module:function` options over `lambdas.json` of the working directory: each function's handler; exit 2 if malformed."
     from rich.markup import escape
@@ -233,6 +233,7 @@ def lambda_map(pairs) -> dict:
     try: return lambda_handlers(given, Path.cwd())
     except DefinitionNotRunnable as e: fail(escape(str(e)), 2)
 
+# %% ../../nbs/cli/01_local.ipynb #49a7eda0
 def exit_quickly(code: int):
     "End the `mlops` process with `code`: exit handlers run and streams flushed, no module teardown; `sys.exit` in-process."
     import atexit, os
