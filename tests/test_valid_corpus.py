@@ -78,9 +78,11 @@ def test_the_corpus_covers_what_the_sdk_builds(corpus):
 # a value for each parameter without a default, as StartPipelineExecution would be given it (-p NAME=VALUE)
 PARAMETER_VALUES = {"String": "value", "Integer": "1", "Float": "0.5", "Boolean": "false"}
 UNSUPPORTED = "is not supported locally"  # mlops.engine.plan.check_runnable's words for a step it has no executor for
+UNMAPPED = "which has no local handler"  # a Lambda step whose function no handler stands for (mlops.engine.executors.lambdas)
+WAITS = {"callback"}  # its Callback steps wait for `mlops callback`: tests/test_lambda_callback.py answers them
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("name", [n for n in BUILDERS if n not in WAITS])
 def test_run_refuses_only_unsupported_steps(corpus, name, tmp_path, monkeypatch):
     from mlops.cli import main
     path = tmp_path / f"{name}.json"
@@ -94,6 +96,6 @@ def test_run_refuses_only_unsupported_steps(corpus, name, tmp_path, monkeypatch)
     output = " ".join(result.output.split())
     assert "not a valid pipeline definition" not in output, f"{name}: mlops run gives a validation error:\n{output}"
     if result.exit_code == 2:  # refused before running: only for steps the engine lists as unsupported
-        assert UNSUPPORTED in output, f"{name}: mlops run refused it, and not for an unsupported step:\n{output}"
+        assert UNSUPPORTED in output or UNMAPPED in output, f"{name}: mlops run refused it, and not for an unsupported step:\n{output}"
     else:  # it ran: Succeeded (0) or Failed (1: a Fail step, as conditions_run_locally reaches one)
         assert result.exit_code in (0, 1), f"{name}: mlops run neither ran nor refused it (exit {result.exit_code}):\n{output}"

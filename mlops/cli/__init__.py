@@ -70,6 +70,7 @@ COMMANDS = {
     "dev-server": "mlops.cli.local.dev_server",
     "events": "mlops.cli.events.events", "dag": "mlops.cli.dag.dag",
     "params": "mlops.cli.steps.params", "new-step": "mlops.cli.steps.new_step",
+    "callback": "mlops.cli.callback.callback",
 }
 
 class LazyGroup(click.Group):

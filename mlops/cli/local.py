@@ -16,7 +16,7 @@ from ..config import FORECAST, mlops_home
 
 # %% auto #0
 __all__ = ['demo_data_command', 'data_notes', 'features', 'ProgressView', 'show_execution_summary', 'checked_definition',
-           'exit_quickly', 'run', 'runs', 'status', 'logs', 'train_deepar', 'dev_server']
+           'lambda_map', 'exit_quickly', 'run', 'runs', 'status', 'logs', 'train_deepar', 'dev_server']
 
 # %% ../../nbs/cli/01_local.ipynb #b49a2cba
 @click.command("demo-data")
@@ -141,6 +141,9 @@ class ProgressView:
         if event.kind == "execution-started" and event.details.get("resumed"):
             self.console.print(f"resuming execution {event.execution_id}: its parameters and options, the step notebooks and code "
                                "as they are now; the steps that succeeded are kept", markup=False, soft_wrap=True)
+        if event.kind == "step-waiting":  # a Callback step's token: printed whatever the view, a person answers it
+            self.console.print(event.line, markup=False, soft_wrap=True, style="bold")
+            return
         if event.kind == "cache-warning":  # printed whatever the view: a person must read it
             self.console.print(f"warning: {event.line}", markup=False, soft_wrap=True, style="yellow")
             return
@@ -214,6 +217,22 @@ def checked_definition(path: Path, parameters: dict | None = None, require_value
              fix=escape(f"`mlops validate {path}` lists every problem; render and fill one with `mlops render` and `mlops fill`."))
     return definition
 
+# %% ../../nbs/cli/01_local.ipynb #1a2b3c4d
+def lambda_map(pairs) -> dict:
+    "`--lambda FUNCTION=module:function` options over `lambdas.json` of the working directory: each function's handler; exit 2 if malformed."
+    from rich.markup import escape
+    from mlops.engine import DefinitionNotRunnable
+    from mlops.engine.executors.lambdas import lambda_handlers
+    given = {}
+    for pair in pairs:
+        function, sep, handler = pair.partition("=")
+        if not sep or not function.strip() or not handler.strip():
+            fail(escape(f"--lambda {pair!r} is not FUNCTION=module:function."), 2,
+                 fix="name the function by its ARN or name, e.g. --lambda my-function=handlers:deploy")
+        given[function.strip()] = handler.strip()
+    try: return lambda_handlers(given, Path.cwd())
+    except DefinitionNotRunnable as e: fail(escape(str(e)), 2)
+
 # %% ../../nbs/cli/01_local.ipynb #49a7eda0
 def exit_quickly(code: int):
     "End the `mlops` process with `code`: exit handlers run and streams flushed, no module teardown; `sys.exit` in-process."
@@ -235,7 +254,9 @@ def exit_quickly(code: int):
 @click.option("--resume", metavar="ID", help="continue a failed or stopped execution")
 @click.option("--steps", metavar="A,B", help="run only these steps (selective execution); needs --reference")
 @click.option("--reference", metavar="ID", help="execution whose outputs the other steps take")
-def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, steps, reference):
+@click.option("--lambda", "lambdas", multiple=True, metavar="FUNCTION=module:function",
+              help="the local handler of a Lambda step's function (its ARN or name; repeatable; over lambdas.json)")
+def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, steps, reference, lambdas):
     "Run a pipeline on this machine: the same definition as on SageMaker, no AWS, no Docker."
     import json
     from mlops.engine import DefinitionNotRunnable
@@ -259,7 +280,7 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
                 from mlops.config import mlops_home
                 from mlops.engine.events import EventWriter  # its transitions in .mlops/events.jsonl too
                 execution = run_definition(document, parameters, pipeline=definition.name.split(".")[0],
-                                           listeners=[view, EventWriter(mlops_home())], **options)
+                                           listeners=[view, EventWriter(mlops_home())], lambdas=lambda_map(lambdas), **options)
             else:
                 execution = run_pipeline(pipeline, parameters, data, listeners=[view], **options)
     except DefinitionNotRunnable as e:

@@ -44,7 +44,7 @@ class StepResult:
 
 # %% ../../nbs/engine/06_execution.ipynb #dbecdfcb
 EVENT_KINDS = ("execution-started", "step-started", "step-log", "step-succeeded", "step-failed", "step-cached", "cache-warning",
-               "execution-ended")
+               "execution-ended", "step-waiting")
 
 @dataclass(frozen=True)
 class Event:
@@ -54,7 +54,8 @@ class Event:
     step: StepResult | None = None  # step-* events
     line: str | None = None  # step-log; cache-warning: the message for a person
     details: dict = field(default_factory=dict)  # execution-started: pipeline, parameters, definition_sha256, resumed, home;
-                                                 # execution-ended: status, failure_reason; cache-warning: uri
+                                                 # execution-ended: status, failure_reason; cache-warning: uri;
+                                                 # step-waiting (a Callback step): token, `line` the command that answers it
 
 # %% ../../nbs/engine/06_execution.ipynb #ac680bb9
 @dataclass

@@ -18,8 +18,10 @@ from .executors import ExecutorRegistry, executors as default_executors
 __all__ = ['check_runnable', 'Plan']
 
 # %% ../../nbs/engine/05_plan.ipynb #8039ad6b
-def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegistry | None = None) -> dict[str, StepSpec]:
-    "The steps by name, or `DefinitionNotRunnable` listing every step and expression the engine cannot run."
+def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegistry | None = None,
+                   options: dict | None = None) -> dict[str, StepSpec]:
+    """The steps by name, or `DefinitionNotRunnable` listing every step and expression the engine cannot run (with the
+    run's `options`: a Lambda step's function needs a handler in `options['lambdas']`)."""
     executors = executors or default_executors
     steps, problems = step_specs(definition), []
     context = Context(parameters=parameters, execution={k: f"<{k}>" for k in EXECUTION_VARIABLES})
@@ -28,9 +30,13 @@ def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegist
             arguments = evaluate(own_arguments(spec.raw), context)
         except (KeyError, TypeError):
             arguments = spec.arguments
-        if executors.find(spec.type, arguments) is None:
-            why = "; ".join(executors.refusals(spec.type, arguments))
+        if (executor := executors.find(spec.type, arguments)) is None:
+            why = "; ".join(executors.declined(spec.type, arguments))
             problems.append(f"step {spec.name!r} ({spec.type}) is not supported locally" + (f": {why}" if why else ""))
+        else:
+            try: written = {**spec.raw, **evaluate({k: v for k, v in spec.raw.items() if k != "Arguments"}, context)}
+            except (KeyError, TypeError): written = spec.raw
+            if refusal := executor.refusal(written, options or {}): problems.append(refusal)
         for path, expression in expressions(own_arguments(spec.raw)):
             pointer, key = f"/Steps/{spec.name}/Arguments{json_pointer(path)}", next(iter(expression))
             if key not in EXPRESSIONS:

@@ -38,8 +38,10 @@ LOCAL_ACCOUNT_ARN = "arn:aws:sagemaker:local:000000000000"
 
 class ExecutionState:
     "One running execution: its expression context, records, store, subprocesses, registry and listeners."
-    def __init__(self, id, pipeline, definition, parameters, home: Path, started: float, registry=None, listeners=()):
+    def __init__(self, id, pipeline, definition, parameters, home: Path, started: float, registry=None, listeners=(),
+                 options: dict | None = None):
         self.id, self.pipeline, self.definition, self.home, self.registry = id, pipeline, definition, home, registry
+        self.options = options or {}  # the run's options (max_parallel, use_cache, lambdas: a Lambda step's handlers)
         self.records, self.store = Records(home / "runs.db"), LocalStore(home / "store")
         self.folder = home / "runs" / id
         self.processes = Processes(self.folder)
@@ -241,12 +243,13 @@ def _schedule(state: ExecutionState, plan: Plan, max_parallel: int, use_cache: b
 def run_definition(definition: dict, parameters: dict | None = None, *, pipeline: str | None = None,
                    home: str | Path | None = None, max_parallel: int = 1, use_cache: bool = True,
                    resume: str | None = None, steps: list[str] | None = None, reference: str | None = None,
-                   listeners: list[Callable[[Event], None]] = (), registry=None) -> Execution:
+                   listeners: list[Callable[[Event], None]] = (), registry=None, lambdas: dict | None = None) -> Execution:
     """Run a pipeline definition locally; the finished `Execution` (a failed step raises nothing: see its status).
     `resume`: continue that execution, in this process only, with its own parameters, options and start time
-    (`definition`, if given, must be the one it started with)."""
+    (`definition`, if given, must be the one it started with). `lambdas`: the local handler of each Lambda function, by
+    ARN or name (`mlops.engine.executors.lambdas.lambda_handlers`; kept with the execution, so that a resume calls the same)."""
     home = (Path(home) if home else mlops_home()).resolve()  # steps run in their own folders
-    options = {"max_parallel": max_parallel, "use_cache": use_cache}
+    options = {"max_parallel": max_parallel, "use_cache": use_cache, **({"lambdas": lambdas} if lambdas else {})}
     if resume:
         if Records(home / "runs.db").execution(resume) is None:
             raise DefinitionNotRunnable(f"no execution {resume!r}. Fix: pick one from `mlops runs`.")
@@ -257,12 +260,12 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
         definition, values, pipeline, execution_id, options, started = _start(definition, parameters, pipeline, options)
         lock = None
     try:
-        specs = check_runnable(definition, values)
+        specs = check_runnable(definition, values, options=options)
         if steps:
             if unknown := sorted(set(steps) - set(specs)):
                 raise DefinitionNotRunnable(f"no step {', '.join(unknown)}; the pipeline has: {', '.join(specs)}.")
             if not reference: raise DefinitionNotRunnable("--steps needs --reference EXECUTION_ID (the outputs of the other steps).")
-        state = ExecutionState(execution_id, pipeline, definition, values, home, started, registry, listeners)
+        state = ExecutionState(execution_id, pipeline, definition, values, home, started, registry, listeners, options)
         lock = lock or lock_execution(state.folder, execution_id)  # held until the execution ends (the OS frees it if killed)
         return _execute(state, specs, options, resume, steps, reference)
     finally:

@@ -43,7 +43,8 @@ class Executor:
     cache_attributes: tuple[str, ...] | None = None  # arguments compared for the step cache; None: SageMaker's list for the type
 
     def accepts(self, arguments: dict) -> bool: return True
-    def refusal(self, arguments: dict) -> str | None: return None  # a step of its type it does not run: why, and what would
+    def declined(self, arguments: dict) -> str | None: return None  # a step of its type it does not accept: why, and what would run it
+    def refusal(self, step: dict, options: dict) -> str | None: return None  # why this step (as written, its own members evaluated where they can be) cannot run with the run's options, and the fix
     def resolve(self, step: StepRun) -> dict: return {}  # run-time facts for the cache key (JSON values)
     def run(self, step: StepRun) -> dict: raise NotImplementedError
     def describe(self, properties: dict) -> StepIO: return StepIO()
@@ -78,9 +79,9 @@ class ExecutorRegistry:
         "The executor of a step of `step_type` with `arguments`, or None."
         return next((e for e in self._all if e.step_type == step_type and e.accepts(arguments)), None)
 
-    def refusals(self, step_type: str, arguments: dict) -> list[str]:
+    def declined(self, step_type: str, arguments: dict) -> list[str]:
         "Why the executors of `step_type` do not run a step with `arguments`, and what would (for a refused step's message)."
-        return [r for e in reversed(self._all) if e.step_type == step_type and (r := e.refusal(arguments))]
+        return [r for e in reversed(self._all) if e.step_type == step_type and (r := e.declined(arguments))]
 
     def describe(self, step_type: str, properties: dict | None) -> StepIO:
         "The StepIO of a finished step (empty when no executor knows it)."
@@ -92,5 +93,6 @@ BUILT_IN_EXECUTORS = ("mlops.engine.executors.processing.ProcessingExecutor",
                       "mlops.engine.executors.framework.FrameworkProcessingExecutor", "mlops.engine.executors.deepar.DeepARTrainingExecutor",
                       "mlops.engine.executors.models.CreateModelExecutor", "mlops.engine.executors.models.RegisterModelExecutor",
                       "mlops.engine.executors.deepar.DeepARTransformExecutor", "mlops.engine.executors.control.ConditionExecutor",
-                      "mlops.engine.executors.control.FailExecutor")
+                      "mlops.engine.executors.control.FailExecutor", "mlops.engine.executors.lambdas.LambdaExecutor",
+                      "mlops.engine.executors.callback.CallbackExecutor")
 executors = ExecutorRegistry(BUILT_IN_EXECUTORS)

@@ -286,7 +286,7 @@ class FrameworkProcessingExecutor(ProcessingExecutor):
         return bool(app.get("ContainerEntrypoint")) and app.get("ContainerEntrypoint") != MLOPS_ENTRYPOINT \
             and framework_image(app.get("ImageUri")) is not None
 
-    def refusal(self, arguments: dict) -> str | None:
+    def declined(self, arguments: dict) -> str | None:
         app = arguments.get("AppSpecification", {})
         if app.get("ContainerEntrypoint") == MLOPS_ENTRYPOINT: return None
         if framework_image(image := app.get("ImageUri")) is None:
