@@ -163,7 +163,9 @@ def validate_hyperparameters(given: Mapping[str, Any], computed: tuple[str, ...]
     return values
 
 def hyperparameters_problem(given: Mapping[str, Any], computed: tuple[str, ...] = ()) -> tuple[str, str] | None:
-    "`(name, message)` of the first problem of a training step's hyperparameter strings by the container's rules, or None."
+    """`(name, message)` of the first problem of a training step's hyperparameter strings by the container's rules, or None.
+    With `sagemaker_program`, the job is script mode (training.py: the user's entry point takes the hyperparameters): None."""
+    if "sagemaker_program" in given: return None
     try: validate_hyperparameters(given, computed)
     except HyperparameterError as e: return e.name or "", str(e)
     return None

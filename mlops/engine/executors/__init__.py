@@ -85,6 +85,6 @@ class ExecutorRegistry:
 # %% ../../../nbs/engine/executors/00_executors.ipynb #f2bb4e49
 BUILT_IN_EXECUTORS = ("mlops.engine.executors.processing.ProcessingExecutor", "mlops.engine.executors.deepar.DeepARTrainingExecutor",
                       "mlops.engine.executors.models.CreateModelExecutor", "mlops.engine.executors.models.RegisterModelExecutor",
-                      "mlops.engine.executors.deepar.DeepARTransformExecutor", "mlops.engine.executors.control.ConditionExecutor",
-                      "mlops.engine.executors.control.FailExecutor")
+                      "mlops.engine.executors.xgboost.XGBoostTransformExecutor", "mlops.engine.executors.control.ConditionExecutor",
+                      "mlops.engine.executors.control.FailExecutor", "mlops.engine.executors.xgboost.XGBoostTrainingExecutor")
 executors = ExecutorRegistry(BUILT_IN_EXECUTORS)
