@@ -53,3 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}".replace("\n", " "), file=sys.stderr)
         return 2
     return 0
+
+# %% ../../nbs/xgboost/06_main.ipynb #d9504101
+#| eval: false
+if __name__ == "__main__" and "ipykernel" not in sys.modules:  # `python -m mlops.xgboost`, not a notebook's kernel
+    sys.exit(main())

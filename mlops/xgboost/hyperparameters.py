@@ -11,7 +11,8 @@ from typing import Any, Callable, Mapping
 
 # %% auto #0
 __all__ = ['MAXIMIZE_METRICS', 'MINIMIZE_METRICS', 'CONTAINER_METRICS', 'OBJECTIVES', 'ALIASES', 'HYPERPARAMETERS',
-           'HyperparameterError', 'Interval', 'Hyperparameter', 'validate_hyperparameters', 'hyperparameters_problem']
+           'HyperparameterError', 'Interval', 'Hyperparameter', 'validate_hyperparameters', 'hyperparameters_problem',
+           'describe', 'hyperparameter_problem']
 
 # %% ../../nbs/xgboost/02_hyperparameters.ipynb #72bf70d1
 class HyperparameterError(ValueError):
@@ -168,4 +169,19 @@ def hyperparameters_problem(given: Mapping[str, Any], computed: tuple[str, ...] 
     if "sagemaker_program" in given: return None
     try: validate_hyperparameters(given, computed)
     except HyperparameterError as e: return e.name or "", str(e)
+    return None
+
+# %% ../../nbs/xgboost/02_hyperparameters.ipynb #33186f95
+def describe(h: Hyperparameter) -> str:
+    "What the values of `h` must be, in words."
+    if h.kind in ("int", "float"): return f"{'an integer' if h.kind == 'int' else 'a number'} in {h.range}"
+    if h.kind == "choice": return f"one of {', '.join(map(str, h.range))}"
+    if h.kind == "list": return f"a comma-separated list of {', '.join(map(str, h.range))}"
+    return f"a Python literal of values in {h.range}"
+
+def hyperparameter_problem(name: str, value) -> str | None:
+    "The rule `value` breaks as XGBoost hyperparameter `name` (`must be ...`), or None (an unknown name is the definition's check)."
+    if (h := HYPERPARAMETERS.get(ALIASES.get(name, name))) is None: return None
+    try: _check_range(h, _parse(h, str(value)))
+    except (ValueError, SyntaxError, TypeError, HyperparameterError): return f"must be {describe(h)}."
     return None
