@@ -20,7 +20,7 @@ PACKAGE = Path(mlops.__file__).parent
 # Nothing imports cli." Where this table adds to the map, DEVELOPERS.md ("Layering") says why.
 LAYERS = {  # layer -> the modules in it (a module is in the layer of its longest matching prefix)
     "base": ("mlops", "mlops.config", "mlops.files", "mlops.timing", "mlops.offline"),
-    "data": ("mlops.data",), "deepar": ("mlops.deepar",), "definition": ("mlops.definition",),
+    "data": ("mlops.data",), "deepar": ("mlops.deepar",), "xgboost": ("mlops.xgboost",), "definition": ("mlops.definition",),
     "processing": ("mlops.processing",),
     "pipelines": ("mlops.pipelines", "mlops.steps"), "render": ("mlops.render", "mlops.stack"),
     "engine": ("mlops.engine",), "executors": ("mlops.engine.executors.",),  # the contract and registry are the engine's; the executors are not
@@ -32,13 +32,14 @@ ALLOWED = {  # layer -> the other layers it may import
     "base": set(),
     "launch": {"base"},
     "deepar": {"base"},
+    "xgboost": {"base"},  # the built-in XGBoost, as deepar is the built-in DeepAR: an algorithm library of its own
     "data": {"base", "deepar"},
     "definition": {"base"},
     "processing": {"base", "definition", "launch"},
     "pipelines": {"base", "definition"},
     "render": {"base", "definition", "pipelines"},
     "engine": {"base", "definition", "launch"},
-    "executors": {"base", "definition", "engine", "launch", "data", "deepar", "processing"},
+    "executors": {"base", "definition", "engine", "launch", "data", "deepar", "xgboost", "processing"},
     "tracking": {"base", "definition", "data", "processing", "launch"},
     "remote": {"base", "definition", "render"},
     "runner": {"base", "definition", "data", "deepar", "pipelines", "render", "engine", "launch", "tracking"},

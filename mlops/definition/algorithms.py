@@ -24,6 +24,9 @@ ALGORITHMS: dict[str, Algorithm] = {
     # SageMaker's DeepAR image is <registry>/forecasting-deepar:1 (the SDK's sagemaker/core/image_uri_config/forecasting-deepar.json);
     # the rendered templates name it by the template key DeepARImageUri
     "DeepAR": Algorithm("DeepAR", ("forecasting-deepar", "{{ DeepARImageUri }}"), "mlops.deepar.hyperparameters", "deepar"),
+    # SageMaker's XGBoost image is <registry>/sagemaker-xgboost:<version> (the SDK's sagemaker/core/image_uri_config/xgboost.json);
+    # its rules are the container's (aws/sagemaker-xgboost-container, algorithm_mode/hyperparameter_validation.py)
+    "XGBoost": Algorithm("XGBoost", ("/sagemaker-xgboost:",), "mlops.xgboost.hyperparameters", "xgboost"),
 }
 
 def register_algorithm(algorithm: Algorithm) -> Algorithm:

@@ -92,7 +92,7 @@ class ExecutorRegistry:
 BUILT_IN_EXECUTORS = ("mlops.engine.executors.processing.ProcessingExecutor",
                       "mlops.engine.executors.framework.FrameworkProcessingExecutor", "mlops.engine.executors.deepar.DeepARTrainingExecutor",
                       "mlops.engine.executors.models.CreateModelExecutor", "mlops.engine.executors.models.RegisterModelExecutor",
-                      "mlops.engine.executors.deepar.DeepARTransformExecutor", "mlops.engine.executors.control.ConditionExecutor",
-                      "mlops.engine.executors.control.FailExecutor", "mlops.engine.executors.lambdas.LambdaExecutor",
-                      "mlops.engine.executors.callback.CallbackExecutor")
+                      "mlops.engine.executors.xgboost.XGBoostTransformExecutor", "mlops.engine.executors.control.ConditionExecutor",
+                      "mlops.engine.executors.control.FailExecutor", "mlops.engine.executors.xgboost.XGBoostTrainingExecutor",
+                      "mlops.engine.executors.lambdas.LambdaExecutor", "mlops.engine.executors.callback.CallbackExecutor")
 executors = ExecutorRegistry(BUILT_IN_EXECUTORS)
