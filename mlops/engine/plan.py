@@ -21,7 +21,7 @@ __all__ = ['check_runnable', 'Plan']
 def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegistry | None = None) -> dict[str, StepSpec]:
     "The steps by name, or `DefinitionNotRunnable` listing every step and expression the engine cannot run."
     executors = executors or default_executors
-    steps, problems = step_specs(definition), []
+    steps, refused, problems = step_specs(definition), [], []
     context = Context(parameters=parameters, execution={k: f"<{k}>" for k in EXECUTION_VARIABLES})
     for spec in steps.values():
         try:  # images may be parameters: evaluate what can be evaluated before the run
@@ -29,7 +29,7 @@ def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegist
         except (KeyError, TypeError):
             arguments = spec.arguments
         if executors.find(spec.type, arguments) is None:
-            problems.append(f"step {spec.name!r} ({spec.type}) is not supported locally")
+            refused.append(executors.refusal(spec.name, spec.type, arguments))
         for path, expression in expressions(own_arguments(spec.raw)):
             pointer, key = f"/Steps/{spec.name}/Arguments{json_pointer(path)}", next(iter(expression))
             if key not in EXPRESSIONS:
@@ -54,10 +54,10 @@ def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegist
         if spec.type == "Condition":
             for i, condition in enumerate(spec.arguments.get("Conditions", [])):
                 problems += [f"/Steps/{spec.name}/Arguments/Conditions/{i}{p}: {m}" for p, m in condition_problems(condition)]
-    if problems:
-        raise DefinitionNotRunnable("the local engine cannot run this definition: " + "; ".join(problems) +
-                                    f". Supported steps: {'; '.join(executors.supported())}. Supported expressions: "
-                                    f"{', '.join(EXPRESSIONS)}; conditions: {', '.join(CONDITIONS)}.")
+    if refused or problems:  # one line each: every refused step (why, and what would run it), then every other problem
+        lines = [*refused, *(executors.broken if refused else []), *problems]
+        supported = f"\n  Supported expressions: {', '.join(EXPRESSIONS)}; conditions: {', '.join(CONDITIONS)}." if problems else ""
+        raise DefinitionNotRunnable("the local engine cannot run this definition (nothing ran):\n  " + "\n  ".join(lines) + supported)
     return steps
 
 # %% ../../nbs/engine/05_plan.ipynb #6256cf50
