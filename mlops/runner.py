@@ -21,7 +21,7 @@ from .files import sha256
 # %% auto #0
 __all__ = ['LOCAL_BUCKET', 'PIPELINES', 'LOCAL_PARAMETERS', 'DEMO_DATA_PARAMETERS', 'local_values', 'local_definition',
            'stage_step_notebooks', 'stage_local_inputs', 'check_model_package', 'local_parameters', 'check_local_run',
-           'name_the_users_data', 'resumed_pipeline', 'run']
+           'name_the_users_data', 'resumed_pipeline', 'local_listeners', 'run', 'run_local']
 
 # %% ../nbs/08_runner.ipynb #08688257
 LOCAL_BUCKET = "mlops-local"
@@ -160,6 +160,19 @@ def resumed_pipeline(execution_id: str, home: Path, names: dict[str, str]) -> st
                                               "Fix: resume it with the definition file it ran (`mlops run --definition FILE --resume ...`).")
     return found[0]
 
+# %% ../nbs/08_runner.ipynb #3b7d9e15
+def local_listeners(home: Path, listeners=(), track: bool = True) -> tuple[list, object | None]:
+    """The listeners of a local execution and its model registry: yours, the event log (every transition as SageMaker's
+    EventBridge events, in .mlops/events.jsonl) and, with `track`, MLflow's tracker, which is also the model registry."""
+    from mlops.engine.events import EventWriter
+    if not track: return [*listeners, EventWriter(home)], None
+    from mlops.tracking.store import preload
+    from mlops.tracking.tracker import ExecutionTracker
+    preload(home)  # MLflow takes seconds to import: it starts now, in the background
+    from mlops.deepar.metrics import epoch_metric  # the training job's metrics, as SageMaker reads them from its log
+    tracker = ExecutionTracker(home, LocalStore(home / "store").path, epoch_metric)
+    return [*listeners, EventWriter(home), tracker], tracker
+
 # %% ../nbs/08_runner.ipynb #a4a26b27
 def run(pipeline: str = "training", parameters: dict | None = None, data: str | Path | None = None,
         home: str | Path | None = None, listeners=(), track: bool = True, **options) -> Execution:
@@ -167,13 +180,7 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
     home = (Path(home) if home else mlops_home()).resolve()
     if not options.get("resume"):  # a value out of range, a file that is not data: refused before anything is written
         check_local_run(pipeline, local_definition(pipeline), parameters or {}, data)
-    tracker = None
-    if track:
-        from mlops.tracking.store import preload
-        from mlops.tracking.tracker import ExecutionTracker
-        preload(home)  # MLflow takes seconds to import: start now, while the inputs are staged
-        from mlops.deepar.metrics import epoch_metric  # the training job's metrics, as SageMaker reads them from its log
-        tracker = ExecutionTracker(home, LocalStore(home / "store").path, epoch_metric)
+    listeners, tracker = local_listeners(home, listeners, track)  # MLflow loads while the inputs are staged
     from mlops.pipelines import INFERENCE_PIPELINE, TRAINING_PIPELINE  # the names only: no SDK import
     names = {"training": TRAINING_PIPELINE, "inference": INFERENCE_PIPELINE}
     if resume := options.get("resume"):  # the pipeline it ran, as it is now (the engine refuses it if it changed)
@@ -188,11 +195,23 @@ def run(pipeline: str = "training", parameters: dict | None = None, data: str | 
         staged_before = {p.parent for p in (home / "store" / LOCAL_BUCKET / "data").glob("*/*")}
         parameters = stage_local_inputs(pipeline, definition, parameters or {}, home, data)
     name = names[pipeline]
-    from mlops.engine.events import EventWriter  # every transition, as SageMaker's EventBridge events, in .mlops/events.jsonl
-    execution = run_definition(definition, parameters, pipeline=name, home=home,
-                               listeners=[*listeners, EventWriter(home), *([tracker] if tracker else [])], registry=tracker, **options)
+    execution = run_definition(definition, parameters, pipeline=name, home=home, listeners=listeners, registry=tracker, **options)
     if data is not None and not resume:
         uri = parameters.get("InputDataUri", "")
         new = uri.startswith(f"s3://{LOCAL_BUCKET}/data/") and LocalStore(home / "store").path(uri).parent not in staged_before
         name_the_users_data(execution, data, home, uri if new else None)
     return execution
+
+# %% ../nbs/08_runner.ipynb #4c8e0f26
+def run_local(definition: dict, parameters: dict | None = None, pipeline: str = "pipeline", home: str | Path | None = None,
+              listeners=(), track: bool = True, **options) -> Execution:
+    """Run `definition` (a filled definition, yours or the SDK's) as `run` runs the project's: the event log, MLflow
+    tracking, and MLflow's registry for its RegisterModel and model-package steps."""
+    home = (Path(home) if home else mlops_home()).resolve()
+    if not options.get("resume"):  # a step it cannot run is refused before MLflow's store is opened
+        from mlops.definition.parameters import ParameterError, check_parameters
+        from mlops.engine.plan import check_runnable
+        try: check_runnable(definition, check_parameters(definition, parameters or {}))
+        except ParameterError as e: raise DefinitionNotRunnable(str(e)) from None
+    listeners, tracker = local_listeners(home, listeners, track)
+    return run_definition(definition, parameters or {}, pipeline=pipeline, home=home, listeners=listeners, registry=tracker, **options)

@@ -62,7 +62,8 @@ def test_a_new_step_type_is_one_executor_and_one_registration(tmp_path):
 def test_an_unregistered_step_type_is_refused_before_anything_runs(tmp_path):
     import pytest
     from mlops.engine import DefinitionNotRunnable
-    with pytest.raises(DefinitionNotRunnable, match=r"step 'Draw' \(Sample\) is not supported locally.*Supported steps: Processing"):
+    with pytest.raises(DefinitionNotRunnable, match=r"step 'Draw' \(Sample\) cannot run locally: no executor here runs Sample "
+                                                     r"steps\. Fix: install a package whose entry point in group mlops\.executors"):
         run_definition(toy_definition(), pipeline="Toy", home=tmp_path)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 

@@ -155,7 +155,7 @@ def test_an_unmapped_lambda_is_refused_before_anything_runs(definitions, tmp_pat
     result = run_mlops("run", "--definition", definitions["lambda-condition"], cwd=folder)
     assert result.returncode == 2, result.stdout + result.stderr
     message = " ".join(result.stderr.split())
-    assert f"step 'Notify' (Lambda) calls {FUNCTION}:notify, which has no local handler" in message
+    assert f"step 'Notify' (Lambda, function {FUNCTION}:notify) cannot run locally: no local handler stands for it" in message
     assert "mlops run --lambda notify=module:function" in message and "lambdas.json" in message
     assert "CheckModel" not in message  # the mapped one is not refused
     assert not (folder / ".mlops" / "runs").exists()

@@ -149,8 +149,8 @@ def test_unsupported_step_is_refused_up_front(workspace, tmp_path):
     result = mlops(workspace, "run", "--definition", path)
     assert result.returncode == 2
     message = " ".join(result.stderr.split())
-    assert "step 'Spark' (EMR) is not supported locally" in message
-    assert "Supported steps: Processing: the mlops processing image" in message
+    assert "step 'Spark' (EMR, cluster j-1ABCDEFGHIJKL) cannot run locally: EMR steps do not run locally" in message
+    assert "Fix: run the pipeline on SageMaker" in message and "'Fine'" not in message
 
 
 def test_logs_and_runs(workspace, trained):

@@ -8,6 +8,7 @@ validator says of each to `FOLDER/false-positives.txt` (also: `python tests/corp
 """
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -77,9 +78,8 @@ def test_the_corpus_covers_what_the_sdk_builds(corpus):
 
 # a value for each parameter without a default, as StartPipelineExecution would be given it (-p NAME=VALUE)
 PARAMETER_VALUES = {"String": "value", "Integer": "1", "Float": "0.5", "Boolean": "false"}
-UNSUPPORTED = "is not supported locally"  # mlops.engine.plan.check_runnable's words for a step it has no executor for
-UNMAPPED = "which has no local handler"  # a Lambda step whose function no handler stands for (mlops.engine.executors.lambdas)
 WAITS = {"callback"}  # its Callback steps wait for `mlops callback`: tests/test_lambda_callback.py answers them
+UNSUPPORTED = re.compile(r"step '([^']+)' \((\w+)(?:, [^\n]*?)?\) cannot run locally: [^\n]*? Fix: ")  # check_runnable's line for each step it refuses
 
 
 @pytest.mark.parametrize("name", [n for n in BUILDERS if n not in WAITS])
@@ -95,7 +95,11 @@ def test_run_refuses_only_unsupported_steps(corpus, name, tmp_path, monkeypatch)
     result = CliRunner().invoke(main, ["run", "--definition", str(path), *parameters], catch_exceptions=False)
     output = " ".join(result.output.split())
     assert "not a valid pipeline definition" not in output, f"{name}: mlops run gives a validation error:\n{output}"
-    if result.exit_code == 2:  # refused before running: only for steps the engine lists as unsupported
-        assert UNSUPPORTED in output or UNMAPPED in output, f"{name}: mlops run refused it, and not for an unsupported step:\n{output}"
+    if result.exit_code == 2:  # refused before running: only for steps the engine refuses, each on its line with the fix
+        refused = UNSUPPORTED.findall(result.output)
+        assert refused, f"{name}: mlops run refused it, and not for a step it cannot run:\n{output}"
+        types = {step["Name"]: step["Type"] for step in _steps(corpus[name]["Steps"])}
+        assert all(types.get(step) == type_ for step, type_ in refused), f"{name}: {refused} vs the steps {types}"
+        assert not (tmp_path / ".mlops" / "runs").exists(), f"{name}: refused after something ran"
     else:  # it ran: Succeeded (0) or Failed (1: a Fail step, as conditions_run_locally reaches one)
         assert result.exit_code in (0, 1), f"{name}: mlops run neither ran nor refused it (exit {result.exit_code}):\n{output}"

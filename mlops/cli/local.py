@@ -260,8 +260,7 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     "Run a pipeline on this machine: the same definition as on SageMaker, no AWS, no Docker."
     import json
     from mlops.engine import DefinitionNotRunnable
-    from mlops.engine.run import run_definition
-    from mlops.runner import run as run_pipeline
+    from mlops.runner import run as run_pipeline, run_local
     from mlops.timing import mark, phase  # MLOPS_TIMINGS=FILE: where the time goes (bench/runner.py)
     mark("cli: imports done")
     parameters = assignments(parameters)
@@ -276,11 +275,9 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
             except ParameterError as e: fail(escape(str(e)), 2)
     try:
         with ProgressView(console) as view:
-            if definition is not None:
-                from mlops.config import mlops_home
-                from mlops.engine.events import EventWriter  # its transitions in .mlops/events.jsonl too
-                execution = run_definition(document, parameters, pipeline=definition.name.split(".")[0],
-                                           listeners=[view, EventWriter(mlops_home())], lambdas=lambda_map(lambdas), **options)
+            if definition is not None:  # as the project's pipelines run: events, MLflow tracking, the model registry
+                execution = run_local(document, parameters, pipeline=definition.name.split(".")[0], listeners=[view],
+                                  lambdas=lambda_map(lambdas), **options)
             else:
                 execution = run_pipeline(pipeline, parameters, data, listeners=[view], **options)
     except DefinitionNotRunnable as e:

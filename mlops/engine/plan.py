@@ -23,7 +23,7 @@ def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegist
     """The steps by name, or `DefinitionNotRunnable` listing every step and expression the engine cannot run (with the
     run's `options`: a Lambda step's function needs a handler in `options['lambdas']`)."""
     executors = executors or default_executors
-    steps, problems = step_specs(definition), []
+    steps, refused, problems = step_specs(definition), [], []
     context = Context(parameters=parameters, execution={k: f"<{k}>" for k in EXECUTION_VARIABLES})
     for spec in steps.values():
         try:  # images may be parameters: evaluate what can be evaluated before the run
@@ -31,12 +31,11 @@ def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegist
         except (KeyError, TypeError):
             arguments = spec.arguments
         if (executor := executors.find(spec.type, arguments)) is None:
-            why = "; ".join(executors.declined(spec.type, arguments))
-            problems.append(f"step {spec.name!r} ({spec.type}) is not supported locally" + (f": {why}" if why else ""))
+            refused.append(executors.refusal(spec.name, spec.type, arguments))
         else:
             try: written = {**spec.raw, **evaluate({k: v for k, v in spec.raw.items() if k != "Arguments"}, context)}
             except (KeyError, TypeError): written = spec.raw
-            if refusal := executor.refusal(written, options or {}): problems.append(refusal)
+            if refusal := executor.refusal(written, options or {}): refused.append(refusal)
         for path, expression in expressions(own_arguments(spec.raw)):
             pointer, key = f"/Steps/{spec.name}/Arguments{json_pointer(path)}", next(iter(expression))
             if key not in EXPRESSIONS:
@@ -61,10 +60,10 @@ def check_runnable(definition: dict, parameters: dict, executors: ExecutorRegist
         if spec.type == "Condition":
             for i, condition in enumerate(spec.arguments.get("Conditions", [])):
                 problems += [f"/Steps/{spec.name}/Arguments/Conditions/{i}{p}: {m}" for p, m in condition_problems(condition)]
-    if problems:
-        raise DefinitionNotRunnable("the local engine cannot run this definition: " + "; ".join(problems) +
-                                    f". Supported steps: {'; '.join(executors.supported())}. Supported expressions: "
-                                    f"{', '.join(EXPRESSIONS)}; conditions: {', '.join(CONDITIONS)}.")
+    if refused or problems:  # one line each: every refused step (why, and what would run it), then every other problem
+        lines = [*refused, *(executors.broken if refused else []), *problems]
+        supported = f"\n  Supported expressions: {', '.join(EXPRESSIONS)}; conditions: {', '.join(CONDITIONS)}." if problems else ""
+        raise DefinitionNotRunnable("the local engine cannot run this definition (nothing ran):\n  " + "\n  ".join(lines) + supported)
     return steps
 
 # %% ../../nbs/engine/05_plan.ipynb #6256cf50

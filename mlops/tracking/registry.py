@@ -12,8 +12,8 @@ from .store import client
 
 # %% auto #0
 __all__ = ['EXECUTION_TAG', 'STEP_TAG', 'APPROVAL_TAG', 'APPROVAL_STATUSES', 'ARN_PREFIX', 'APPROVED_ALIAS', 'STATUS_TAG',
-           'STATUS_WORDS', 'parse_model_package', 'name_filter', 'model_versions', 'set_approval',
-           'sync_approved_alias', 'approve', 'reject', 'resolve_model_package']
+           'STATUS_WORDS', 'PACKAGE_SOURCES', 'parse_model_package', 'source_tags', 'name_filter', 'model_versions',
+           'set_approval', 'sync_approved_alias', 'approve', 'reject', 'resolve_model_package']
 
 # %% ../../nbs/tracking/02_registry.ipynb #fec9793b
 EXECUTION_TAG = "mlops.execution_id"
@@ -24,6 +24,9 @@ ARN_PREFIX = "arn:aws:sagemaker:local:000000000000:model-package/"
 APPROVED_ALIAS = "approved"  # on the latest Approved version of a group: what the inference pipeline uses
 STATUS_TAG = "approval"  # the status in a word, as MLflow's UI shows a version's tags (the SageMaker value is long)
 STATUS_WORDS = {"Approved": "approved", "Rejected": "rejected", "PendingManualApproval": "pending"}
+# CreateModelPackage's members whose MetricsSource / FileSource URIs (statistics, constraints, reports, config files) a version
+# keeps, as tags 'ModelMetrics.ModelQuality.Statistics' -> S3 URI (botocore's sagemaker shapes ModelMetrics, DriftCheckBaselines)
+PACKAGE_SOURCES = ("ModelMetrics", "DriftCheckBaselines")
 
 # %% ../../nbs/tracking/02_registry.ipynb #33c025c3
 def parse_model_package(reference: str) -> tuple[str, str | None]:
@@ -34,12 +37,26 @@ def parse_model_package(reference: str) -> tuple[str, str | None]:
     group, _, version = reference.partition("/")
     return group, version or None
 
+def source_tags(**members: dict | None) -> dict[str, str]:
+    "Tags for the S3 URIs under `members` (ModelMetrics=..., DriftCheckBaselines=...): 'ModelMetrics.ModelQuality.Statistics' -> URI."
+    tags = {}
+    def walk(prefix, value):
+        if isinstance(value, dict) and isinstance(value.get("S3Uri"), str): tags[prefix] = value["S3Uri"]
+        elif isinstance(value, dict):
+            for key, inner in value.items(): walk(f"{prefix}.{key}", inner)
+    for name, value in members.items(): walk(name, value)
+    return tags
+
+def _sources(tags: dict, member: str) -> dict[str, str]:
+    return {k[len(member) + 1:]: v for k, v in sorted(tags.items()) if k.startswith(member + ".")}
+
 def _version_row(v) -> dict:
     tags = dict(v.tags)
     return {"group": v.name, "version": int(v.version), "status": tags.get(APPROVAL_TAG, ""), "arn": f"{ARN_PREFIX}{v.name}/{v.version}",
             "execution_id": tags.get(EXECUTION_TAG), "created": v.creation_timestamp / 1000, "source_run": v.run_id,
             "model_data_url": tags.get("ModelDataUrl"), "image": tags.get("Image"),
-            "metrics": {k[len("metric."):]: float(x) for k, x in tags.items() if k.startswith("metric.")}, "tags": tags}
+            "metrics": {k[len("metric."):]: float(x) for k, x in tags.items() if k.startswith("metric.")},
+            "model_metrics": _sources(tags, "ModelMetrics"), "drift_check_baselines": _sources(tags, "DriftCheckBaselines"), "tags": tags}
 
 def name_filter(group: str) -> str:
     "MLflow's search filter for the model `group`; `ModelNotFound` for a name SageMaker's ModelPackageGroupName refuses (so no quote reaches the filter)."

@@ -15,7 +15,7 @@ from typing import Callable
 from ..files import atomic_write, git_state, sha256
 from . import ModelNotFound, TrackingError
 from .registry import (APPROVAL_STATUSES, APPROVAL_TAG, ARN_PREFIX, EXECUTION_TAG, STATUS_TAG, STATUS_WORDS, STEP_TAG,
-                                     resolve_model_package, sync_approved_alias, name_filter)
+                                     resolve_model_package, source_tags, sync_approved_alias, name_filter)
 from .store import client, mlflow_metric_name, registry_uri, tracking_uri, artifact_location
 
 # %% auto #0
@@ -187,11 +187,15 @@ def _html_once(home: Path, notebook: Path) -> str:
     return html
 
 # %% ../../nbs/tracking/03_tracker.ipynb #c38968d0
-def register(self: ExecutionTracker, group: str, image: str, model_data_url: str, approval_status: str, metrics: list[dict],
-             metadata: dict, step: str = "RegisterModel") -> dict:
+def register(self: ExecutionTracker, group: str, image: str, model_data_url: str | None, approval_status: str, metrics: list[dict],
+             metadata: dict, step: str = "RegisterModel", model_metrics: dict | None = None,
+             drift_check_baselines: dict | None = None) -> dict:
     """Create a version of the registered model `group`; SageMaker's ModelPackage properties (waits for the logging before it).
-    Idempotent per execution and step: the version this execution's `step` created before (it was killed, then resumed) is returned."""
-    future = self._submit(self._register, group, image, model_data_url, approval_status, metrics, metadata, step)
+    Idempotent per execution and step: the version this execution's `step` created before (it was killed, then resumed) is returned.
+    Any image; the URIs of the package's `model_metrics` and `drift_check_baselines` (CreateModelPackage's ModelMetrics and
+    DriftCheckBaselines) are tags of the version."""
+    sources = source_tags(ModelMetrics=model_metrics, DriftCheckBaselines=drift_check_baselines)
+    future = self._submit(self._register, group, image, model_data_url, approval_status, metrics, metadata, step, sources)
     try: return future.result()
     except Exception as e:
         raise TrackingError(f"cannot register a version of model {group!r} in MLflow ({registry_uri(self.home)}): "
@@ -202,21 +206,21 @@ def _registered_by(c, group: str, execution_id: str, step: str):
     return next((v for v in c.search_model_versions(name_filter(group), max_results=10000)
                  if v.tags.get(EXECUTION_TAG) == execution_id and v.tags.get(STEP_TAG) == step), None)
 
-def _register(self: ExecutionTracker, group, image, model_data_url, approval_status, metrics, metadata, step="RegisterModel"):
+def _register(self: ExecutionTracker, group, image, model_data_url, approval_status, metrics, metadata, step="RegisterModel", sources=None):
     if approval_status not in APPROVAL_STATUSES:
         raise ValueError(f"ModelApprovalStatus {approval_status!r} is not one of {', '.join(APPROVAL_STATUSES)}")
     c = self.client
     if self.resumed and (found := _registered_by(c, group, self.execution_id, step)):  # created before it was killed
         return self._package(group, found.version, found.tags.get(APPROVAL_TAG, approval_status))
     if not c.search_registered_models(name_filter(group)):
-        try: c.create_registered_model(group, description="DeepAR forecasting models (one version per registration).")
+        try: c.create_registered_model(group, description="Model package group: one version per registration.")
         except Exception:
             if not c.search_registered_models(name_filter(group)): raise
     source_run = self._outputs.get(model_data_url) or self.run_id
     tags = {APPROVAL_TAG: approval_status, STATUS_TAG: STATUS_WORDS[approval_status], EXECUTION_TAG: self.execution_id, STEP_TAG: step,
             "mlops.pipeline": self.pipeline,
-            "mlops.execution_run_id": self.run_id, "mlops.source_run_id": source_run, "ModelDataUrl": model_data_url,
-            "Image": image, **{f"metric.{mlflow_metric_name(m['MetricName'])}": str(m["Value"]) for m in metrics},
+            "mlops.execution_run_id": self.run_id, "mlops.source_run_id": source_run, **({"ModelDataUrl": model_data_url} if model_data_url else {}),
+            "Image": image, **(sources or {}), **{f"metric.{mlflow_metric_name(m['MetricName'])}": str(m["Value"]) for m in metrics},
             **{f"metadata.{k}": str(v) for k, v in metadata.items()}}
     model_id = _logged_model(self, group, source_run, model_data_url, image)
     with _global_tracking_uri(tracking_uri(self.home)):  # MLflow's registry looks `models:/<id>` up with the global client
@@ -233,7 +237,7 @@ def _logged_model(self: ExecutionTracker, name: str, run_id: str, model_data_url
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     c = self.client
     model = c.create_logged_model(c.get_run(run_id).info.experiment_id, name=name, source_run_id=run_id,
-                                  tags={"ModelDataUrl": model_data_url, "Image": image, EXECUTION_TAG: self.execution_id})
+                                  tags={k: v for k, v in {"ModelDataUrl": model_data_url, "Image": image, EXECUTION_TAG: self.execution_id}.items() if v})
     if (archive := self.local_path(model_data_url)) is not None and archive.is_file():
         with tempfile.TemporaryDirectory() as folder:
             shutil.copy(archive, Path(folder) / archive.name)

@@ -654,6 +654,37 @@ def build_checks_and_register(c: Corpus):
                     sagemaker_session=c.session)
 
 
+@builder
+def build_register_sklearn_model(c: Corpus):
+    """A model.tar.gz at hand (no training step), created and registered with the SKLearn image by ModelStep (ModelBuilder
+    build and register), with ModelMetrics and DriftCheckBaselines given as URIs: every step of it runs locally."""
+    from sagemaker.core.drift_check_baselines import DriftCheckBaselines
+    from sagemaker.core.model_metrics import MetricsSource, ModelMetrics
+    from sagemaker.core.workflow.parameters import ParameterString
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.serve.model_builder import ModelBuilder
+    group = ParameterString(name="ModelPackageGroupName", default_value="SKLearnModelGroup")
+    model_data = ParameterString(name="ModelDataUrl", default_value=c.s3("sklearn", "model.tar.gz"))
+
+    def json_source(*parts):
+        return MetricsSource(s3_uri=c.s3("sklearn", *parts), content_type="application/json")
+
+    model = ModelBuilder(s3_model_data_url=model_data, sagemaker_session=c.session, role_arn=c.role,
+                         image_uri=_image("sklearn", "1.2-1", c, py_version="py3", instance_type="ml.m5.large"))
+    create = ModelStep(name="CreateSKLearnModel", step_args=model.build())
+    register = ModelStep(name="RegisterSKLearnModel", step_args=model.register(
+        model_package_group_name=group, content_types=["text/csv"], response_types=["text/csv"],
+        inference_instances=["ml.m5.large"], transform_instances=["ml.m5.large"], approval_status="Approved",
+        model_metrics=ModelMetrics(model_statistics=json_source("evaluation.json"),
+                                   model_data_statistics=json_source("statistics.json"),
+                                   model_data_constraints=json_source("constraints.json")),
+        drift_check_baselines=DriftCheckBaselines(model_data_statistics=json_source("statistics.json"),
+                                                  model_data_constraints=json_source("constraints.json"))))
+    return Pipeline(name="corpus-register-sklearn-model", parameters=[group, model_data], steps=[create, register],
+                    sagemaker_session=c.session)
+
+
 # --- NotebookJobStep, @step ----------------------------------------------------------------------------------
 
 NOTEBOOK = {"cells": [{"cell_type": "code", "execution_count": None, "metadata": {"tags": ["parameters"]}, "outputs": [],

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['BUILT_IN_EXECUTORS', 'executors', 'StepIO', 'StepRun', 'Executor', 'ExecutorRegistry']
+__all__ = ['ENTRY_POINT_GROUP', 'STEP_IDENTITY', 'NOT_LOCAL', 'BUILT_IN_EXECUTORS', 'executors', 'StepIO', 'StepRun', 'Executor',
+           'identity_of', 'ExecutorRegistry']
 
 # %% ../../../nbs/engine/executors/00_executors.ipynb #bd508bdb
 @dataclass
@@ -50,19 +51,89 @@ class Executor:
     def describe(self, properties: dict) -> StepIO: return StepIO()
 
 # %% ../../../nbs/engine/executors/00_executors.ipynb #f31ddb98
+ENTRY_POINT_GROUP = "mlops.executors"  # a package's executors: `[project.entry-points."mlops.executors"] name = "module:Class"`
+
+# What chooses the executor of a step, shown when it is refused: the request members that name its image, its entry point
+# or what it calls (botocore's sagemaker shapes: CreateProcessingJobRequest.AppSpecification, CreateTrainingJobRequest.
+# AlgorithmSpecification, CreateHyperParameterTuningJobRequest.TrainingJobDefinition, CreateModelInput.PrimaryContainer,
+# CreateModelPackageInput.InferenceSpecification, CreateTransformJobRequest.ModelName; a Lambda step's FunctionArn and an EMR
+# step's ClusterId: https://docs.aws.amazon.com/sagemaker/latest/dg/build-and-manage-steps.html)
+STEP_IDENTITY = {
+    "Processing": (("image", "AppSpecification/ImageUri"), ("entry point", "AppSpecification/ContainerEntrypoint")),
+    "Training": (("image", "AlgorithmSpecification/TrainingImage"), ("entry point", "HyperParameters/sagemaker_program")),
+    "Tuning": (("image", "TrainingJobDefinition/AlgorithmSpecification/TrainingImage"),
+               ("image", "TrainingJobDefinitions/0/AlgorithmSpecification/TrainingImage")),
+    "Model": (("image", "PrimaryContainer/Image"), ("image", "Containers/0/Image"), ("model package", "PrimaryContainer/ModelPackageName")),
+    "RegisterModel": (("image", "InferenceSpecification/Containers/0/Image"),),
+    "Transform": (("model", "ModelName"),),
+    "Lambda": (("function", "FunctionArn"),),
+    "EMR": (("cluster", "ClusterId"),),
+}
+# Step types that run on a service of their own, never here (the same page: EMR adds steps to an Amazon EMR cluster;
+# QualityCheck runs SageMaker Model Monitor's analyzer, ClarifyCheck SageMaker Clarify's processing container)
+NOT_LOCAL = {"EMR": "it runs on an Amazon EMR cluster", "QualityCheck": "it runs SageMaker Model Monitor's container",
+             "ClarifyCheck": "it runs SageMaker Clarify's container"}
+
+def identity_of(step_type: str, arguments: dict) -> list[tuple[str, str]]:
+    "What in a step's arguments chooses its executor: (what, value) pairs such as ('image', URI), ('entry point', command)."
+    import json
+    found = []
+    for label, path in STEP_IDENTITY.get(step_type, ()):
+        value = arguments
+        for key in path.split("/"):
+            value = value[int(key)] if isinstance(value, list) and key.isdigit() and int(key) < len(value) else \
+                    value.get(key) if isinstance(value, dict) else None
+        if value is None or value == "": continue
+        text = " ".join(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else \
+               value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        if (label, text) not in found: found.append((label, text))
+    return found
+
 class ExecutorRegistry:
     """The executors the engine knows, by step type and image; asking for an unsupported step says what is supported.
-    `built_in`: executor classes by dotted name ('module.Class'), imported and made on first use, below every registered one."""
-    def __init__(self, built_in: tuple[str, ...] = ()):
+    `built_in`: executor classes by dotted name ('module.Class'), imported and made on first use, below every other one.
+    `entry_point_group`: also the executors that installed packages name in this entry-point group (papermill's
+    `register_entry_points`), loaded on first use as if registered after the built-in ones: above them, below `register`."""
+    def __init__(self, built_in: tuple[str, ...] = (), entry_point_group: str | None = None):
         self._executors: list[Executor] = []
         self._built_in = list(built_in)
+        self.entry_point_group, self._loaded = entry_point_group, False
+        self.origins: dict[int, str] = {}  # id(executor) -> the entry point it came from
+        self.broken: list[str] = []  # entry points that could not be loaded, each with why
 
     @property
     def _all(self) -> list[Executor]:
-        while self._built_in:  # first use: the built-in ones, the first of the table found last (as if registered first)
-            module, name = self._built_in.pop().rsplit(".", 1)
-            self._executors.append(getattr(importlib.import_module(module), name)())
+        if not self._loaded:  # first use: the built-in ones (the first of the table found last, as if registered first)
+            self._loaded = True
+            registered, built_in = self._executors, []
+            while self._built_in:
+                module, name = self._built_in.pop().rsplit(".", 1)
+                built_in.append(getattr(importlib.import_module(module), name)())
+            self._executors = [*registered, *self._from_entry_points(), *built_in]
         return self._executors
+
+    def _from_entry_points(self) -> list[Executor]:
+        "The executors of `entry_point_group`, the last one (by distribution and name) first, as if registered in that order."
+        if not self.entry_point_group: return []
+        from importlib.metadata import entry_points
+        found, seen = [], set()
+        points = sorted(entry_points(group=self.entry_point_group), key=lambda p: (p.dist.name if p.dist else "", p.name))
+        for point in points:
+            if (point.name, point.value) in seen: continue  # the same distribution twice on sys.path
+            seen.add((point.name, point.value))
+            origin = f"entry point {point.name} = {point.value} ({point.dist.name if point.dist else 'unknown'} package)"
+            try:
+                loaded = point.load()
+                executor = loaded() if isinstance(loaded, type) else loaded
+                if missing := [a for a in ("step_type", "runs", "accepts", "run", "describe") if not hasattr(executor, a)]:
+                    raise TypeError(f"{point.value} is not an mlops Executor (it has no {', '.join(missing)})")
+            except Exception as e:  # a broken package must not stop the steps it does not run: said when a step is refused
+                self.broken.append(f"{origin} of group {self.entry_point_group} failed to load: {type(e).__name__}: {e}. "
+                                   "Fix: repair or uninstall that package.")
+                continue
+            self.origins[id(executor)] = origin
+            found.insert(0, executor)
+        return found
 
     def register(self, executor: Executor) -> Executor:
         "Add `executor` (a later registration for the same steps wins)."
@@ -82,6 +153,19 @@ class ExecutorRegistry:
     def declined(self, step_type: str, arguments: dict) -> list[str]:
         "Why the executors of `step_type` do not run a step with `arguments`, and what would (for a refused step's message)."
         return [r for e in reversed(self._all) if e.step_type == step_type and (r := e.declined(arguments))]
+    def refusal(self, name: str, step_type: str, arguments: dict) -> str:
+        "One line for a step no executor accepts: its type and what chose (its image, entry point), why not, and what would run it."
+        identity = identity_of(step_type, arguments)
+        step = f"step {name!r} ({', '.join([step_type, *(f'{what} {value}' for what, value in identity)])}) cannot run locally"
+        if step_type in NOT_LOCAL and not any(e.step_type == step_type for e in self._all):
+            return f"{step}: {step_type} steps do not run locally ({NOT_LOCAL[step_type]}). Fix: run the pipeline on SageMaker (`mlops deploy`, then `mlops start`)."
+        plugin = f"a package whose entry point in group {self.entry_point_group or ENTRY_POINT_GROUP} names an Executor with step_type {step_type!r}"
+        kinds = [e.runs + (f" (from {self.origins[id(e)]})" if id(e) in self.origins else "") for e in reversed(self._all) if e.step_type == step_type]
+        if not kinds: return f"{step}: no executor here runs {step_type} steps. Fix: install {plugin}."
+        if why := [r for e in reversed(self._all) if e.step_type == step_type and (r := e.declined(arguments))]:
+            return f"{step}: {'; '.join(why)}"
+        return (f"{step}: the {step_type} executors here run {'; '.join(kinds)}. Fix: use what one of them runs, "
+                f"or install {plugin} that accepts this {identity[0][0] if identity else 'step'}.")
 
     def describe(self, step_type: str, properties: dict | None) -> StepIO:
         "The StepIO of a finished step (empty when no executor knows it)."
@@ -96,3 +180,6 @@ BUILT_IN_EXECUTORS = ("mlops.engine.executors.processing.ProcessingExecutor",
                       "mlops.engine.executors.control.FailExecutor", "mlops.engine.executors.xgboost.XGBoostTrainingExecutor",
                       "mlops.engine.executors.lambdas.LambdaExecutor", "mlops.engine.executors.callback.CallbackExecutor")
 executors = ExecutorRegistry(BUILT_IN_EXECUTORS)
+
+# %% ../../../nbs/engine/executors/00_executors.ipynb #9c3d5a61
+executors.entry_point_group = ENTRY_POINT_GROUP

@@ -175,7 +175,7 @@ def step_as_written(step: StepRun) -> dict:
 
 def unmapped(step_name: str, arn: str) -> str:
     "Why a Lambda step cannot run here, and both ways to map its function."
-    return (f"step {step_name!r} (Lambda) calls {arn}, which has no local handler. Fix: map it to a Python function, "
+    return (f"step {step_name!r} (Lambda, function {arn}) cannot run locally: no local handler stands for it. Fix: map it to a Python function, "
             f"`mlops run --lambda {function_name(arn)}=module:function`, or in {LAMBDAS_FILE} in the folder you run from: "
             f'{{"{function_name(arn)}": "module:function"}} (the ARN or the name; "file.py:function" names a file)')
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from .. import StepError
 from . import Executor, StepIO, StepRun
-from .deepar import is_deepar_image
 
 # %% auto #0
 __all__ = ['model_container', 'package_container', 'CreateModelExecutor', 'RegisterModelExecutor']
@@ -18,58 +17,59 @@ def model_container(arguments: dict) -> dict:
     return arguments.get("PrimaryContainer") or (arguments.get("Containers") or [{}])[0]
 
 def package_container(step: StepRun, container: dict) -> dict:
-    "`container` with the image and data of the (Approved, DeepAR) model package its `ModelPackageName` names."
+    "`container` with the image and data of the (Approved) model package its `ModelPackageName` names."
     if step.execution.registry is None: raise StepError(f"{step.name}: a model from a package needs a model registry (tracking on).")
     name = container["ModelPackageName"]
     try: package = step.execution.registry.resolve(name)
     except LookupError as e: raise StepError(f"{step.name}: {e}") from None
     if package.get("status", "Approved") != "Approved":
         raise StepError(f"{step.name}: model package {name} is {package['status']}: CreateModel needs an Approved package.")
-    if not is_deepar_image(package.get("image")):
-        raise StepError(f"{step.name}: model package {name} uses image {package.get('image')}; only DeepAR models run locally.")
-    return {**container, "Image": package["image"], "ModelDataUrl": package["model_data_url"]}
+    return {**container, "Image": package["image"], **({"ModelDataUrl": package["model_data_url"]} if package.get("model_data_url") else {})}
 
 class CreateModelExecutor(Executor):
-    "Model (CreateModel) with the forecasting-deepar image, or from a model package: recorded with its step."
-    step_type, runs = "Model", "CreateModel with the forecasting-deepar image, or from a DeepAR model package"
+    "Model (CreateModel) with any image, or from a model package: recorded with its step (what runs it is the step that uses it)."
+    step_type, runs = "Model", "CreateModel with any image, or from a model package (recorded; the step that uses the model runs it)"
 
     def accepts(self, arguments: dict) -> bool:
         container = model_container(arguments)
-        return is_deepar_image(container.get("Image")) or bool(container.get("ModelPackageName"))
+        return bool(container.get("Image") or container.get("ModelPackageName"))
 
     def run(self, step: StepRun) -> dict:
         args, container = step.arguments, model_container(step.arguments)
         if container.get("ModelPackageName"):
             args = {**args, "PrimaryContainer": package_container(step, container)}
-        elif not container.get("ModelDataUrl"): raise StepError(f"{step.name}: the model has no ModelDataUrl.")
         return {**args, "ModelName": step.execution.job_name(step.name)}
 
     def describe(self, p: dict) -> StepIO:
         container = model_container(p)
         package = f" from {container['ModelPackageName']}" if isinstance(container.get("ModelPackageName"), str) else ""
+        image = f" ({container['Image']})" if isinstance(container.get("Image"), str) else ""
         return StepIO(inputs={"model": container.get("ModelDataUrl")} if isinstance(container.get("ModelDataUrl"), str) else {},
                       outputs={"model_name": p["ModelName"]} if "ModelName" in p else {},
-                      summary=f"model: {p['ModelName']}{package}" if "ModelName" in p else None)
+                      summary=f"model: {p['ModelName']}{package}{image}" if "ModelName" in p else None)
 
 # %% ../../../nbs/engine/executors/03_models.ipynb #ea3d9647
 def _package_container(arguments: dict) -> dict:
     return (arguments.get("InferenceSpecification", {}).get("Containers") or [{}])[0]
 
 class RegisterModelExecutor(Executor):
-    "RegisterModel with the forecasting-deepar image: a new version in the model registry."
-    step_type, runs = "RegisterModel", "RegisterModel with the forecasting-deepar image (a version in the model registry)"
+    "RegisterModel with any image: a new version in the model registry, with the package's ModelMetrics and DriftCheckBaselines."
+    step_type, runs = "RegisterModel", "RegisterModel with any image (a version in the model registry, its metrics and baselines kept)"
 
-    def accepts(self, arguments: dict) -> bool: return is_deepar_image(_package_container(arguments).get("Image"))
+    def accepts(self, arguments: dict) -> bool: return bool(_package_container(arguments).get("Image"))
 
     def run(self, step: StepRun) -> dict:
         args, container = step.arguments, _package_container(step.arguments)
         if step.execution.registry is None: raise StepError(f"{step.name}: registering a model needs a model registry (tracking on).")
+        model_data = container.get("ModelDataUrl")
         metrics = next((s.get("FinalMetricDataList", []) for s in step.execution.context.steps.values()
-                        if s.get("ModelArtifacts", {}).get("S3ModelArtifacts") == container["ModelDataUrl"]), [])
+                        if model_data and s.get("ModelArtifacts", {}).get("S3ModelArtifacts") == model_data), [])
         try:
-            package = step.execution.registry.register(args["ModelPackageGroupName"], container["Image"], container["ModelDataUrl"],
+            package = step.execution.registry.register(args["ModelPackageGroupName"], container["Image"], model_data,
                                                        args.get("ModelApprovalStatus", "PendingManualApproval"), metrics,
-                                                       args.get("CustomerMetadataProperties", {}), step=step.name)
+                                                       args.get("CustomerMetadataProperties", {}), step=step.name,
+                                                       model_metrics=args.get("ModelMetrics"),
+                                                       drift_check_baselines=args.get("DriftCheckBaselines"))
         except Exception as e:  # the registry's own error, with its fix
             raise StepError(f"{step.name}: {e}") from e
         return {**args, **package}
