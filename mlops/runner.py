@@ -211,7 +211,7 @@ def run_local(definition: dict, parameters: dict | None = None, pipeline: str = 
     if not options.get("resume"):  # a step it cannot run is refused before MLflow's store is opened
         from mlops.definition.parameters import ParameterError, check_parameters
         from mlops.engine.plan import check_runnable
-        try: check_runnable(definition, check_parameters(definition, parameters or {}))
+        try: check_runnable(definition, check_parameters(definition, parameters or {}), options=options)
         except ParameterError as e: raise DefinitionNotRunnable(str(e)) from None
     listeners, tracker = local_listeners(home, listeners, track)
     return run_definition(definition, parameters or {}, pipeline=pipeline, home=home, listeners=listeners, registry=tracker, **options)

@@ -81,7 +81,7 @@ def test_without_the_package_the_step_is_refused_naming_its_image_and_the_group(
     result = CliRunner(env={"COLUMNS": "400"}).invoke(main, ["run", "--definition", str(path)])
     assert result.exit_code == 2, result.output
     [line] = [line for line in result.output.splitlines() if "step 'Forecast'" in line]
-    assert f"step 'Forecast' (Processing, image {TEAM_IMAGE}) cannot run locally: the Processing executors here run " in line
+    assert f"step 'Forecast' (Processing, image {TEAM_IMAGE}) cannot run locally: its image" in line
     assert "Fix: use what one of them runs, or install a package whose entry point in group mlops.executors names an " \
            "Executor with step_type 'Processing' that accepts this image." in line
     assert not (tmp_path / ".mlops").exists()  # refused before anything ran, or was opened

@@ -184,8 +184,8 @@ def test_an_image_the_registry_does_not_know_is_refused_before_anything_runs(wor
     result = run(definition, tmp_path)
     output = " ".join(result.output.split())
     assert result.exit_code == 2, output
-    assert "step 'Split' (Processing) is not supported locally" in output and image in output, output
-    assert "image_uris" in output and "python -m mlops.processing" in output, output  # what would make it run
+    assert "step 'Split' (Processing, image " in output and f"cannot run locally: its image '{image}' is not one" in output, output
+    assert "image_uris" in output and "ContainerEntrypoint ['python', '-m', 'mlops.processing']" in output, output  # what would make it run
     assert not (home / "runs").exists() or not any((home / "runs").iterdir()), "something ran"
     assert not (home / "store" / BUCKET / "abalone" / "train").exists()
 

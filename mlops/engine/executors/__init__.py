@@ -162,9 +162,8 @@ class ExecutorRegistry:
         plugin = f"a package whose entry point in group {self.entry_point_group or ENTRY_POINT_GROUP} names an Executor with step_type {step_type!r}"
         kinds = [e.runs + (f" (from {self.origins[id(e)]})" if id(e) in self.origins else "") for e in reversed(self._all) if e.step_type == step_type]
         if not kinds: return f"{step}: no executor here runs {step_type} steps. Fix: install {plugin}."
-        if why := [r for e in reversed(self._all) if e.step_type == step_type and (r := e.declined(arguments))]:
-            return f"{step}: {'; '.join(why)}"
-        return (f"{step}: the {step_type} executors here run {'; '.join(kinds)}. Fix: use what one of them runs, "
+        why = [r for e in reversed(self._all) if e.step_type == step_type and (r := e.declined(arguments))]  # the executors' own reasons
+        return (f"{step}: {'; '.join(why) or f'the {step_type} executors here run ' + '; '.join(kinds)}. Fix: use what one of them runs, "
                 f"or install {plugin} that accepts this {identity[0][0] if identity else 'step'}.")
 
     def describe(self, step_type: str, properties: dict | None) -> StepIO:
