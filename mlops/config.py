@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from .errors import MlopsError
 
 # %% auto #0
 __all__ = ['FORECAST', 'DEEPAR_INFERENCE_CONFIG', 'DEEPAR_HYPERPARAMETERS', 'EXAMPLE_ACCOUNT_ID', 'DEEPAR_IMAGE_EU_WEST_1',
@@ -43,7 +44,7 @@ def project_root(start: Path | str | None = None) -> Path | None:
     return None
 
 # %% ../nbs/00_config.ipynb #d529dc52
-class NotebookNotFound(FileNotFoundError):
+class NotebookNotFound(MlopsError, FileNotFoundError):
     "A step notebook could not be located."
 
 def notebooks_dir() -> Path:
@@ -52,8 +53,8 @@ def notebooks_dir() -> Path:
         return Path(env)
     root = project_root()
     if root is None:
-        raise NotebookNotFound("cannot find the step notebooks: not inside the mlops repository. "
-                               "Fix: set MLOPS_NOTEBOOKS_DIR to the folder holding them (nbs/processing).")
+        raise NotebookNotFound("cannot find the step notebooks: not inside the mlops repository.",
+                               fix="set MLOPS_NOTEBOOKS_DIR to the folder holding them (nbs/processing).")
     return root / "nbs" / "processing"
 
 def step_notebook(name: str) -> Path:

@@ -10,12 +10,13 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from .errors import MlopsError
 
 # %% auto #0
 __all__ = ['NetworkAttempt', 'offline_aws', 'pipeline_session']
 
 # %% ../nbs/02_offline.ipynb #fe0fbc50
-class NetworkAttempt(RuntimeError):
+class NetworkAttempt(MlopsError, RuntimeError):
     "Something tried to open a network connection during an offline build."
 
 _OFFLINE_ENV = {

@@ -16,14 +16,16 @@ from pathlib import Path
 
 from .definition.parameters import NO_VALUE, ParameterError, coerce, or_empty
 from .files import atomic_replace
+from .errors import MlopsError
 
 # %% auto #0
 __all__ = ['PROCESSING_JOB_CONFIG', 'StepUsageError', 'declared_parameters', 'resolve_parameters', 'processing_job',
            'execution_id_of_job', 'StepFailed', 'started_kernel', 'run_step', 'main']
 
 # %% ../nbs/03_processing.ipynb #584b8abc
-class StepUsageError(ValueError):
+class StepUsageError(MlopsError, ValueError):
     "The step was called wrongly (unknown notebook or parameter, a value of the wrong type)."
+    exit_code = 2
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
 
@@ -52,7 +54,7 @@ def resolve_parameters(notebook: str | Path, given: dict, declared: dict | None 
     try:
         values = {name: coerce(name, value, declared[name]["type"]) for name, value in given.items()}
     except ParameterError as e:
-        raise StepUsageError(str(e)) from None
+        raise StepUsageError(e.message, fix=e.fix) from None
     return {name: or_empty(value) if declared[name]["type"] is str else value for name, value in values.items()}
 
 # %% ../nbs/03_processing.ipynb #2730c398
@@ -72,7 +74,7 @@ def execution_id_of_job(job_name: str) -> str:
     return (sagemaker or local).group(1) if (sagemaker or local) else job_name
 
 # %% ../nbs/03_processing.ipynb #93c9d990
-class StepFailed(RuntimeError):
+class StepFailed(MlopsError, RuntimeError):
     "A cell of the step notebook raised; the message is the failing cell's error on one line."
 
 def _notebook_path(notebook: str | Path) -> Path:
@@ -82,7 +84,7 @@ def _notebook_path(notebook: str | Path) -> Path:
         from mlops.config import step_notebook
         try: return step_notebook(path.name)
         except FileNotFoundError as e: raise StepUsageError(str(e)) from None
-    raise StepUsageError(f"notebook not found: {notebook}. Fix: give the path of a step notebook, or its name (e.g. feature_engineering).")
+    raise StepUsageError(f"notebook not found: {notebook}.", fix="give the path of a step notebook, or its name (e.g. feature_engineering).")
 
 @contextmanager
 def started_kernel(kernel_name: str = "python3"):

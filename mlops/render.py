@@ -18,6 +18,7 @@ from .definition.validate import DefinitionInvalid, load_definition, validate_de
 from .files import atomic_write, sha256, text_sha256
 from .pipelines import INFERENCE_PIPELINE, TRAINING_PIPELINE
 from .stack import OPTIONAL_KEY_CONDITIONS, ROLE, add_production_stack, with_group_parameter, yaml_text
+from .errors import MlopsError
 
 # %% auto #0
 __all__ = ['SENTINEL_MARK', 'SENTINEL_ACCOUNT', 'TEMPLATE_FILES', 'CLOUDFORMATION_FILE', 'FINGERPRINT_FILE', 'MAX_TEMPLATE_BYTES',
@@ -41,7 +42,7 @@ def sentinels() -> dict[str, str]:
     return {key: _SENTINEL_SHAPES.get(key, "{}").format(SENTINEL_MARK + key.lower()) for key in TEMPLATE_KEYS}
 
 # %% ../nbs/06_render.ipynb #4ba17a92
-class RenderError(RuntimeError):
+class RenderError(MlopsError, RuntimeError):
     "The definitions could not be rendered into templates."
 
 def templatize(definition, replacements: dict[str, str]):
@@ -58,7 +59,7 @@ def templatize(definition, replacements: dict[str, str]):
                     uses.setdefault(key, []).append(json_pointer(path))
             if SENTINEL_MARK in value or SENTINEL_ACCOUNT in value:
                 raise RenderError(f"{json_pointer(path)}: {value!r} still holds part of a sentinel: the SDK changed a "
-                                  "resource value while building. Fix: give that resource a sentinel shape it keeps "
+                                  "resource value while building.", fix="give that resource a sentinel shape it keeps "
                                   "(mlops.render._SENTINEL_SHAPES).")
         return value
     return visit(definition, ()), uses
@@ -236,7 +237,7 @@ def fill(template_path: str | Path, values_path: str | Path, out_path: str | Pat
     try:
         values = json.loads(Path(values_path).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise FillError(f"{values_path}: cannot read the values ({e}). Fix: give a JSON object of key → string.") from None
+        raise FillError(f"{values_path}: cannot read the values ({e}).", fix="give a JSON object of key → string.") from None
     if not isinstance(values, dict):
         raise FillError(f"{values_path}: the values must be a JSON object of key → string.")
     filled = fill_definition(template, values, known_keys_for(template_path))

@@ -46,9 +46,9 @@ def local_definition(pipeline: str = "training", templates_dir: str | Path | Non
     templates_dir = Path(templates_dir) if templates_dir else (project_root() or Path.cwd()) / "templates"
     path = templates_dir / f"{PIPELINES[pipeline]}.pipeline.json"
     if not path.is_file():
-        raise DefinitionNotRunnable(f"{path} not found. Fix: run `mlops render` to write templates/.")
+        raise DefinitionNotRunnable(f"{path} not found.", fix="run `mlops render` to write templates/.")
     if not unchanged_by_fingerprint(templates_dir):
-        raise DefinitionNotRunnable(f"{templates_dir} is out of date with the pipeline code. Fix: run `mlops render`, "
+        raise DefinitionNotRunnable(f"{templates_dir} is out of date with the pipeline code.", fix="run `mlops render`, "
                                     "review the diff and commit it.")
     filled = fill_definition(json.loads(path.read_text()), local_values(), check_values=False)  # local names, not AWS resources
     return address_code(filled, local_values()["CodeLocation"], code_uri_of)
@@ -75,7 +75,7 @@ def stage_local_inputs(pipeline: str, definition: dict, parameters: dict, home: 
     if "InputDataUri" not in overrides:
         if data is not None:
             data = Path(data)
-            if not data.is_file(): raise DefinitionNotRunnable(f"data file not found: {data}. Fix: check the path.")
+            if not data.is_file(): raise DefinitionNotRunnable(f"data file not found: {data}.", fix="check the path.")
             uri = f"s3://{LOCAL_BUCKET}/data/{sha256(data)[:12]}/{data.name}"
         else:  # the demo data; inference gets future rows with a known promotion plan
             future = FORECAST.prediction_length if pipeline == "inference" else 0
@@ -100,7 +100,7 @@ def check_model_package(definition: dict, parameters: dict, home: Path) -> dict:
     group = parameters.get("ModelPackageGroupName", defaults.get("ModelPackageGroupName", ""))
     arn = or_empty(parameters.get("ModelPackageArn", defaults.get("ModelPackageArn") or ""))  # none: the latest Approved
     try: return resolve_locally(group, arn, home)
-    except PackageNotUsable as e: raise DefinitionNotRunnable(str(e)) from None
+    except PackageNotUsable as e: raise DefinitionNotRunnable(e.message, fix=e.fix) from None
 
 # %% ../nbs/08_runner.ipynb #131742a8
 DEMO_DATA_PARAMETERS = {"StaticCatColumns": "store,category", "DynamicRealColumns": "promo"}  # the demo data's columns
@@ -118,12 +118,12 @@ def check_local_run(pipeline: str, definition: dict, parameters: dict, data: str
     if data is not None:
         from mlops.data.series import DataValidationError, file_kind
         path = Path(data)
-        if not path.is_file(): raise DefinitionNotRunnable(f"data file not found: {path}. Fix: check the path.")
-        if path.stat().st_size == 0: raise DefinitionNotRunnable(f"{path}: the file is empty. Fix: write the header and rows of data.")
+        if not path.is_file(): raise DefinitionNotRunnable(f"data file not found: {path}.", fix="check the path.")
+        if path.stat().st_size == 0: raise DefinitionNotRunnable(f"{path}: the file is empty.", fix="write the header and rows of data.")
         try: file_kind(path)
-        except DataValidationError as e: raise DefinitionNotRunnable(str(e)) from None
+        except DataValidationError as e: raise DefinitionNotRunnable(e.message, fix=e.fix) from None
     try: values = check_parameters(definition, local_parameters(pipeline, parameters, data))
-    except ParameterError as e: raise DefinitionNotRunnable(str(e)) from None
+    except ParameterError as e: raise DefinitionNotRunnable(e.message, fix=e.fix) from None
     from mlops.definition.validate import start_errors  # what SageMaker refuses only when the execution starts
     if problems := start_errors(definition, {k: v for k, v in values.items() if k in parameters}):
         raise DefinitionNotRunnable("; ".join(str(p) for p in problems))
@@ -154,10 +154,10 @@ def name_the_users_data(execution: Execution, data: str | Path, home: Path, stag
 def resumed_pipeline(execution_id: str, home: Path, names: dict[str, str]) -> str:
     "Which of the project's pipelines ('training', 'inference') execution `execution_id` runs."
     row = Records(home / "runs.db").execution(execution_id)
-    if row is None: raise DefinitionNotRunnable(f"no execution {execution_id!r}. Fix: pick one from `mlops runs`.")
+    if row is None: raise DefinitionNotRunnable(f"no execution {execution_id!r}.", fix="pick one from `mlops runs`.")
     found = [key for key, name in names.items() if name == row["pipeline"]]
-    if not found: raise DefinitionNotRunnable(f"execution {execution_id} ran pipeline {row['pipeline']!r}, not one of the project's. "
-                                              "Fix: resume it with the definition file it ran (`mlops run --definition FILE --resume ...`).")
+    if not found: raise DefinitionNotRunnable(f"execution {execution_id} ran pipeline {row['pipeline']!r}, not one of the project's.",
+                                              fix="resume it with the definition file it ran (`mlops run --definition FILE --resume ...`).")
     return found[0]
 
 # %% ../nbs/08_runner.ipynb #3b7d9e15

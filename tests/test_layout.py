@@ -19,7 +19,7 @@ PACKAGE = Path(mlops.__file__).parent
 # executors -> data, deepar, processing; tracking listens to engine events; remote -> definition; cli -> everything.
 # Nothing imports cli." Where this table adds to the map, DEVELOPERS.md ("Layering") says why.
 LAYERS = {  # layer -> the modules in it (a module is in the layer of its longest matching prefix)
-    "base": ("mlops", "mlops.config", "mlops.files", "mlops.timing", "mlops.offline"),
+    "base": ("mlops", "mlops.config", "mlops.errors", "mlops.files", "mlops.timing", "mlops.offline"),
     "data": ("mlops.data",), "deepar": ("mlops.deepar",), "xgboost": ("mlops.xgboost",), "definition": ("mlops.definition",),
     "processing": ("mlops.processing",),
     "pipelines": ("mlops.pipelines", "mlops.steps"), "render": ("mlops.render", "mlops.stack"),
@@ -172,3 +172,18 @@ def test_modules_stay_small_or_say_why():
         if path.name == "_modidx.py" or len(lines) <= 400: continue
         head = "\n".join(lines[:12]).lower()
         assert "400 lines" in head, f"{path.relative_to(PACKAGE)} has {len(lines)} lines and no reason at its top"
+
+
+def test_every_error_of_the_package_derives_from_one_base():
+    "Every exception class the package defines is an `MlopsError` (its message the problem, `fix` what to do), so `cli` catches them once."
+    code = ("import importlib, inspect, json, pkgutil, sys, mlops\n"
+            "names = [m.name for m in pkgutil.walk_packages(mlops.__path__, 'mlops.')]\n"
+            "for name in names: importlib.import_module(name)\n"
+            "from mlops.errors import MlopsError\n"
+            "errors = {f'{n}.{c.__name__}': issubclass(c, MlopsError) for n in names for _, c in inspect.getmembers(sys.modules[n], inspect.isclass)\n"
+            "          if issubclass(c, Exception) and c.__module__ == n and c is not MlopsError}\n"
+            "print(json.dumps(errors))")
+    import json
+    errors = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert {"mlops.remote.aws.RemoteError", "mlops.definition.validate.DefinitionInvalid", "mlops.config.NotebookNotFound"} <= set(errors)
+    assert not (outside := sorted(name for name, derives in errors.items() if not derives)), f"not an MlopsError: {outside}"

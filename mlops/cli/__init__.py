@@ -15,7 +15,8 @@ from rich.markup import escape
 import importlib
 
 from .. import __version__
-from ..definition.parameters import ParameterError, parse_assignments
+from ..definition.parameters import parse_assignments
+from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['console', 'err_console', 'COMMANDS', 'PIPELINE_NAMES', 'PIPELINE_HELP', 'PIPELINE', 'StreamConsole', 'fail',
@@ -49,11 +50,12 @@ class StreamConsole:
 console, err_console = StreamConsole(), StreamConsole(stderr=True)
 
 # %% ../../nbs/cli/00_cli.ipynb #41bab553
-def fail(message: str, code: int = 1, **details):
-    "Print `message` (and `details` as 'key: value' lines) on stderr and exit with `code`."
+def fail(message: str, code: int = 1, fix: str | None = None, **details):
+    "Print `message` (then `details` as 'key: value' lines, and `fix`) on stderr and exit with `code`."
     err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     for key, value in details.items():
         err_console.print(f"  {key}: {value}", soft_wrap=True)
+    if fix: err_console.print(f"  Fix: {fix}", soft_wrap=True)
     sys.exit(code)
 
 # %% ../../nbs/cli/00_cli.ipynb #394e6cd6
@@ -89,6 +91,13 @@ class LazyGroup(click.Group):
         if not isinstance(command, click.Command): raise TypeError(f"{self.lazy_subcommands[name]} is not a click command")
         return command
 
+    def invoke(self, ctx):
+        "Run the command; an `MlopsError` it raises ends it as `fail` does: the message, the fix, the error's exit code, no traceback."
+        try:
+            return super().invoke(ctx)
+        except MlopsError as e:
+            fail(escape(e.message), e.exit_code, fix=escape(e.fix) if e.fix else None)
+
 # %% ../../nbs/cli/00_cli.ipynb #f5a3f76d
 @click.group(cls=LazyGroup, lazy_subcommands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mlops")
@@ -97,11 +106,8 @@ def main():
 
 # %% ../../nbs/cli/00_cli.ipynb #1e58471b
 def assignments(pairs) -> dict[str, str]:
-    "`-p NAME=VALUE` options → {NAME: VALUE}; a malformed or repeated one ends the command with exit code 2."
-    try:
-        return parse_assignments(pairs)
-    except ParameterError as e:
-        fail(escape(str(e)), 2)
+    "`-p NAME=VALUE` options → {NAME: VALUE}; a malformed or repeated one is a `ParameterError`: the command ends with exit code 2."
+    return parse_assignments(pairs)
 
 # %% ../../nbs/cli/00_cli.ipynb #2cac43cd
 PIPELINE_NAMES = {"training": "DeepARTraining", "inference": "DeepARBatchInference"}  # short name -> SageMaker name

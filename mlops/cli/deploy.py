@@ -24,14 +24,8 @@ __all__ = ['render', 'fill', 'validate', 'deploy', 'start', 'watch', 'code_locat
 @click.option("--no-fingerprint", is_flag=True, help="with --check: rebuild even when the fingerprint says nothing changed")
 def render(out_dir: Path, check: bool, no_fingerprint: bool):
     "Build both SageMaker pipelines offline and write them as templates: definitions, keys.json, cloudformation.yaml."
-    from rich.markup import escape
-    from mlops.definition.validate import DefinitionInvalid
-    from mlops.render import RenderError, render as render_templates
-    try:
-        code = render_templates(out_dir, check=check, use_fingerprint=not no_fingerprint)
-    except (RenderError, DefinitionInvalid) as e:
-        fail(escape(str(e)))
-    sys.exit(code)
+    from mlops.render import render as render_templates
+    sys.exit(render_templates(out_dir, check=check, use_fingerprint=not no_fingerprint))
 
 # %% ../../nbs/cli/03_deploy.ipynb #6f040584
 @click.command()
@@ -43,7 +37,6 @@ def render(out_dir: Path, check: bool, no_fingerprint: bool):
 def fill(template: Path, values_path: Path, out_path: Path | None):
     "Fill TEMPLATE's {{ Key }} placeholders with an environment's values; validate the result before writing it."
     from rich.markup import escape
-    from mlops.definition.templates import FillError
     from mlops.definition.validate import DefinitionInvalid
     from mlops.render import fill as fill_template
     try:
@@ -53,8 +46,6 @@ def fill(template: Path, values_path: Path, out_path: Path | None):
             err_console.print(f"  {escape(str(error))}", soft_wrap=True)
         fail(escape(f"{template} filled with {values_path} is not a valid definition ({len(e.errors)} problem(s)); "
                     "nothing was written. Fix the values above."))
-    except FillError as e:
-        fail(escape(str(e)))
     if out_path is None:
         click.echo(text, nl=False)
     else:
@@ -96,16 +87,11 @@ def validate(files: tuple[Path, ...], parameters: tuple[str, ...]):
 @click.option("--create-bucket", is_flag=True, help="create ArtifactBucket (and CodeLocation's bucket) if missing: private, in the client's region")
 def deploy(values_path: Path, pipeline: str | None, templates_dir: Path | None, endpoint_url: str | None, create_bucket: bool):
     "Create or update the pipelines on SageMaker from the templates and a values file; prints each pipeline's ARN."
-    from rich.markup import escape
-    from mlops.remote.aws import RemoteError
     from mlops.remote.deploy import deploy as deploy_pipelines
-    try:
-        with err_console.status("deploying…"):
-            outcomes = deploy_pipelines(values_path, sagemaker_name(pipeline) if pipeline else None, endpoint_url, templates_dir,
-                                        log=lambda message: err_console.print(message, markup=False, soft_wrap=True),
-                                        create_bucket=create_bucket)
-    except RemoteError as e:
-        fail(escape(str(e)), e.exit_code)
+    with err_console.status("deploying…"):
+        outcomes = deploy_pipelines(values_path, sagemaker_name(pipeline) if pipeline else None, endpoint_url, templates_dir,
+                                    log=lambda message: err_console.print(message, markup=False, soft_wrap=True),
+                                    create_bucket=create_bucket)
     for outcome in outcomes:
         console.print(outcome.arn, markup=False, soft_wrap=True)
 
@@ -119,13 +105,8 @@ def deploy(values_path: Path, pipeline: str | None, templates_dir: Path | None, 
 @click.option("--endpoint-url", help="API endpoint  [default: AWS_ENDPOINT_URL, else AWS]")
 def start(pipeline: str, parameters: tuple[str, ...], data: Path | None, endpoint_url: str | None):
     "Start an execution of a deployed PIPELINE (training, inference or its SageMaker name); prints the execution ARN (for `mlops watch`)."
-    from rich.markup import escape
-    from mlops.remote.aws import RemoteError
     from mlops.remote.executions import start as start_execution
-    try:
-        arn = start_execution(sagemaker_name(pipeline), assignments(parameters), endpoint_url, data)
-    except RemoteError as e:
-        fail(escape(str(e)), e.exit_code)
+    arn = start_execution(sagemaker_name(pipeline), assignments(parameters), endpoint_url, data)
     console.print(arn, markup=False, soft_wrap=True)
 
 # %% ../../nbs/cli/03_deploy.ipynb #700db6e9
@@ -134,13 +115,9 @@ def start(pipeline: str, parameters: tuple[str, ...], data: Path | None, endpoin
 @click.option("--endpoint-url", help="API endpoint  [default: AWS_ENDPOINT_URL, else AWS]")
 def watch(arn: str, endpoint_url: str | None):
     "Follow a pipeline execution until it ends. Exit code: 0 succeeded, 1 failed, 3 stopped, 2 could not watch."
-    from rich.markup import escape
-    from mlops.remote.aws import RemoteError
     from mlops.remote.executions import watch as watch_execution
     try:
         code = watch_execution(arn, endpoint_url, console=err_console)
-    except RemoteError as e:
-        fail(escape(str(e)), e.exit_code)
     except KeyboardInterrupt:
         err_console.print(f"stopped watching; the execution goes on: {arn}", markup=False, soft_wrap=True)
         code = 130
@@ -154,10 +131,5 @@ def watch(arn: str, endpoint_url: str | None):
               help="folder of the rendered templates  [default: templates/]")
 def code_location(values_path: Path, templates_dir: Path | None):
     "Print CodeLocation/<digest of the step notebooks>: where to copy them, and the CodeLocation to give CloudFormation."
-    from rich.markup import escape
-    from mlops.remote.aws import RemoteError
     from mlops.remote.deploy import code_location as location
-    try:
-        click.echo(location(values_path, templates_dir))
-    except RemoteError as e:
-        fail(escape(str(e)), e.exit_code)
+    click.echo(location(values_path, templates_dir))

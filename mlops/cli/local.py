@@ -101,7 +101,7 @@ def _show_features(output_dir: Path, report: Path):
 def features(input_path, output_dir, mode, state, **options):
     "Run the feature-engineering step: DeepAR train/test channels (train) or inference requests (infer)."
     from mlops.config import step_notebook
-    from mlops.processing import StepFailed, StepUsageError, run_step
+    from mlops.processing import StepFailed, run_step
     output_dir = output_dir or mlops_home() / "features" / mode
     if mode == "infer":
         state = state or mlops_home() / "features" / "train" / "state"
@@ -114,9 +114,7 @@ def features(input_path, output_dir, mode, state, **options):
     try:
         with console.status(f"running feature_engineering.ipynb ({mode} mode) with papermill…"):
             run_step(step_notebook("feature_engineering"), report, parameters)
-    except StepUsageError as e:
-        fail(str(e), 2)
-    except StepFailed as e:
+    except StepFailed as e:  # the executed notebook shows the failing cell
         fail(str(e), 1, **{"executed notebook": report})
     _show_features(output_dir, report)
 
@@ -259,7 +257,6 @@ def exit_quickly(code: int):
 def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, steps, reference, lambdas):
     "Run a pipeline on this machine: the same definition as on SageMaker, no AWS, no Docker."
     import json
-    from mlops.engine import DefinitionNotRunnable
     from mlops.runner import run as run_pipeline, run_local
     from mlops.timing import mark, phase  # MLOPS_TIMINGS=FILE: where the time goes (bench/runner.py)
     mark("cli: imports done")
@@ -267,21 +264,15 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     options = dict(max_parallel=max_parallel, use_cache=not no_cache, resume=resume, reference=reference,
                    steps=[s.strip() for s in steps.split(",")] if steps else None)
     if definition is not None:
-        from rich.markup import escape
-        from mlops.definition.parameters import ParameterError, check_parameters
+        from mlops.definition.parameters import check_parameters
         document = checked_definition(definition, parameters, require_values=not resume)
-        if not resume:  # every value in its range before any step runs
-            try: check_parameters(document, parameters)
-            except ParameterError as e: fail(escape(str(e)), 2)
-    try:
-        with ProgressView(console) as view:
-            if definition is not None:  # as the project's pipelines run: events, MLflow tracking, the model registry
-                execution = run_local(document, parameters, pipeline=definition.name.split(".")[0], listeners=[view],
+        if not resume: check_parameters(document, parameters)  # every value in its range before any step runs
+    with ProgressView(console) as view:
+        if definition is not None:  # as the project's pipelines run: events, MLflow tracking, the model registry
+            execution = run_local(document, parameters, pipeline=definition.name.split(".")[0], listeners=[view],
                                   lambdas=lambda_map(lambdas), **options)
-            else:
-                execution = run_pipeline(pipeline, parameters, data, listeners=[view], **options)
-    except DefinitionNotRunnable as e:
-        fail(str(e), 2)
+        else:
+            execution = run_pipeline(pipeline, parameters, data, listeners=[view], **options)
     with phase("cli: summary"): show_execution_summary(execution)
     exit_quickly(0 if execution.status == "Succeeded" else 1)
 
@@ -333,18 +324,12 @@ def logs(execution_id, step):
 @click.option("--seed", default=0, show_default=True, help="the same seed on the same machine gives the same model")
 def train_deepar(work_dir: Path | None, epochs: int, hyperparameters: tuple[str, ...], seed: int):
     "Train the local DeepAR on the demo data's channels; print each epoch's loss, the metrics and where the model is."
-    from rich.markup import escape
-    from mlops.deepar.channels import ChannelError
     from mlops.data.demo import train_demo
     from mlops.deepar.estimator import format_progress
-    from mlops.deepar.hyperparameters import HyperparameterError
     work_dir = work_dir or mlops_home() / "deepar"
     given = assignments(hyperparameters)
-    try:
-        with console.status("writing the demo channels, loading GluonTS and PyTorch…"):
-            result = train_demo(work_dir, epochs, given, seed, progress=lambda p: console.print(format_progress(p), markup=False))
-    except (HyperparameterError, ChannelError) as e:
-        fail(escape(str(e)), 2)
+    with console.status("writing the demo channels, loading GluonTS and PyTorch…"):
+        result = train_demo(work_dir, epochs, given, seed, progress=lambda p: console.print(format_progress(p), markup=False))
     table = Table(title="metrics (SageMaker's names)", show_header=False, title_justify="left")
     for name, value in result["metrics"].items(): table.add_row(name, f"{value:.4f}")
     console.print(table)

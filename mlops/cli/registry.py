@@ -22,12 +22,13 @@ def models():
 
 # %% ../../nbs/cli/02_registry.ipynb #859d076d
 def _registry_call(function, *args):
-    "Call a registry function; its errors become one message and exit code 2."
+    "Call a registry function; a value it refuses (a ValueError) becomes one message and exit code 2, as its own errors do."
     from rich.markup import escape
-    from mlops.tracking import ModelNotFound, TrackingError
+    from mlops.errors import MlopsError
     try:
         return function(*args)
-    except (ModelNotFound, TrackingError, ValueError) as e:
+    except ValueError as e:
+        if isinstance(e, MlopsError): raise  # the group prints it, with its fix
         fail(escape(str(e)), 2)
 
 # %% ../../nbs/cli/02_registry.ipynb #0e2150c4

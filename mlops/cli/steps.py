@@ -24,10 +24,8 @@ def params(pipeline, as_json):
     import json
     from rich.markup import escape
     from mlops.definition.parameters import parameter_table
-    from mlops.engine import DefinitionNotRunnable
     from mlops.runner import local_definition
-    try: rows = parameter_table(local_definition(pipeline))
-    except DefinitionNotRunnable as e: fail(escape(str(e)), 2)
+    rows = parameter_table(local_definition(pipeline))
     if as_json:
         console.print_json(json.dumps(rows))
         return
@@ -92,12 +90,10 @@ def new_step(name, after, inputs, outputs, pipeline, no_render):
     from rich.markup import escape
     from mlops.config import notebooks_dir
     from mlops.definition.graph import all_steps
-    from mlops.engine import DefinitionNotRunnable
     from mlops.runner import local_definition
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", name):
         fail(f"step name {name!r}: letters, digits, - and _, starting with a letter, at most 64.", 2)
-    try: steps = {s["Name"]: s for s in all_steps(local_definition(pipeline))}
-    except DefinitionNotRunnable as e: fail(escape(str(e)), 2)
+    steps = {s["Name"]: s for s in all_steps(local_definition(pipeline))}
     if name in steps: fail(f"the {pipeline} pipeline already has a step {name!r}.", 2)
     if after not in steps: fail(f"the {pipeline} pipeline has no step {after!r}; its steps: {', '.join(steps)}.", 2)
     readable = _step_outputs(steps[after])

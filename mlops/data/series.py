@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['MAX_ABS_VALUE', 'SeriesColumns', 'DataValidationError', 'file_kind', 'read_table', 'TimeSeriesTable',
@@ -57,14 +58,14 @@ class SeriesColumns:
                 "static_cat": list(self.static_cat), "dynamic_real": list(self.dynamic_real)}
 
 # %% ../../nbs/data/01_series.ipynb #f8d765e7
-class DataValidationError(ValueError):
+class DataValidationError(MlopsError, ValueError):
     "The input data breaks a rule; the message names the file, column, line or item, and the fix."
     def __init__(self, source, problem: str, fix: str, column: str | None = None,
                  where: str | None = None, item=None):
         place = ", ".join(p for p in [f"column {column!r}" if column else None, where,
                                       f"item {str(item)!r}" if item is not None else None] if p)
-        self.source, self.problem, self.fix, self.column, self.where, self.item = source, problem, fix, column, where, item
-        super().__init__(f"{source}: {place + ': ' if place else ''}{problem} Fix: {fix}")
+        self.source, self.problem, self.column, self.where, self.item = source, problem, column, where, item
+        super().__init__(f"{source}: {place + ': ' if place else ''}{problem}", fix)
 
 # %% ../../nbs/data/01_series.ipynb #0be5b406
 _MAGIC = [(b"PAR1", "parquet", None), (b"\x1f\x8b", "gzip", "a gzip-compressed file: decompress it first (gunzip)"),

@@ -17,14 +17,16 @@ import numpy as np
 import pandas as pd
 
 from .hyperparameters import SAGEMAKER_FREQ, DeepARHyperparameters
+from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['ChannelError', 'Series', 'parse_record', 'channel_files', 'is_parquet', 'read_json_lines', 'read_parquet_records',
            'read_channel', 'pandas_freq', 'DataSettings', 'resolve_data_settings', 'check_series']
 
 # %% ../../nbs/deepar/02_channels.ipynb #dc24d88f
-class ChannelError(ValueError):
+class ChannelError(MlopsError, ValueError):
     "A channel (folder of DeepAR JSON Lines) is missing, empty or malformed; the message names the file, the line and the fix."
+    exit_code = 2
 
 @dataclass
 class Series:
@@ -39,7 +41,7 @@ class Series:
 def _numbers(values, where: str, what: str, allow_missing: bool) -> np.ndarray:
     "A JSON array of numbers (and, if allowed, 'NaN'/null for missing values) as float64."
     if not isinstance(values, list):
-        raise ChannelError(f"{where}: {what} must be a JSON array of numbers. Fix: write it as [1.0, 2.0, ...].")
+        raise ChannelError(f"{where}: {what} must be a JSON array of numbers.", fix="write it as [1.0, 2.0, ...].")
     if all(type(v) in (int, float) for v in values):
         array = np.asarray(values, dtype=np.float64).reshape(len(values))
     else:
@@ -49,23 +51,23 @@ def _numbers(values, where: str, what: str, allow_missing: bool) -> np.ndarray:
             elif allow_missing and (v is None or v == "NaN"): array[k] = np.nan
             else:
                 allowed = 'a number or "NaN"' if allow_missing else "a number (missing values are not allowed here)"
-                raise ChannelError(f"{where}: {what}[{k}] is {json.dumps(v)}, expected {allowed}. Fix: correct the value.")
+                raise ChannelError(f"{where}: {what}[{k}] is {json.dumps(v)}, expected {allowed}.", fix="correct the value.")
     if np.isinf(array).any():
-        raise ChannelError(f"{where}: {what}[{int(np.flatnonzero(np.isinf(array))[0])}] is infinite. Fix: use a finite number.")
+        raise ChannelError(f"{where}: {what}[{int(np.flatnonzero(np.isinf(array))[0])}] is infinite.", fix="use a finite number.")
     if not allow_missing and np.isnan(array).any():
         raise ChannelError(f"{where}: {what}[{int(np.flatnonzero(np.isnan(array))[0])}] is missing (NaN); DeepAR needs every "
-                           "value of a dynamic feature. Fix: fill it.")
+                           "value of a dynamic feature.", fix="fill it.")
     return array
 
 def parse_record(record, where: str) -> Series:
     "A `Series` from one decoded JSON Lines record, or a `ChannelError` naming `where` and the rule."
     if not isinstance(record, dict):
-        raise ChannelError(f"{where}: a record must be a JSON object with \"start\" and \"target\". Fix: write one object per line.")
+        raise ChannelError(f"{where}: a record must be a JSON object with \"start\" and \"target\".", fix="write one object per line.")
     for key in ("start", "target"):
-        if key not in record: raise ChannelError(f"{where}: the record has no {key!r} field. Fix: add it.")
+        if key not in record: raise ChannelError(f"{where}: the record has no {key!r} field.", fix="add it.")
     start = record["start"]
     if not isinstance(start, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}( \d{2}:\d{2}(:\d{2})?)?", start.strip()):
-        raise ChannelError(f"{where}: \"start\" is {json.dumps(start)}; expected a string \"YYYY-MM-DD HH:MM:SS\". Fix: write the "
+        raise ChannelError(f"{where}: \"start\" is {json.dumps(start)}; expected a string \"YYYY-MM-DD HH:MM:SS\".", fix="write the "
                            "timestamp of the first target value in that form.")
     target = _numbers(record["target"], where, "target", allow_missing=True)
     cat = record.get("cat")
@@ -73,15 +75,15 @@ def parse_record(record, where: str) -> Series:
         cat = [cat] if type(cat) is int else cat
         if not isinstance(cat, list) or any(type(c) is not int or c < 0 for c in cat):
             raise ChannelError(f"{where}: \"cat\" is {json.dumps(record['cat'])}; expected an array of non-negative integers "
-                               "(category indices). Fix: encode each category as 0, 1, 2, ...")
+                               "(category indices).", fix="encode each category as 0, 1, 2, ...")
     dynamic = record.get("dynamic_feat")
     if dynamic is not None:
         if not isinstance(dynamic, list) or not all(isinstance(d, list) for d in dynamic):
-            raise ChannelError(f"{where}: \"dynamic_feat\" must be an array of arrays (one per feature). Fix: write [[...], [...]].")
+            raise ChannelError(f"{where}: \"dynamic_feat\" must be an array of arrays (one per feature).", fix="write [[...], [...]].")
         rows = [_numbers(d, where, f"dynamic_feat[{k}]", allow_missing=False) for k, d in enumerate(dynamic)]
         if len({len(r) for r in rows}) > 1:
-            raise ChannelError(f"{where}: the dynamic features have different lengths ({', '.join(str(len(r)) for r in rows)}). "
-                               "Fix: give every feature one value per time point.")
+            raise ChannelError(f"{where}: the dynamic features have different lengths ({', '.join(str(len(r)) for r in rows)}).",
+                               fix="give every feature one value per time point.")
         dynamic = np.vstack(rows) if rows else np.zeros((0, len(target)))
     return Series(start.strip(), target, cat, dynamic, where)
 
@@ -93,9 +95,9 @@ def channel_files(path: str | Path, channel: str) -> list[Path]:
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
     else:
-        raise ChannelError(f"{path}: the {channel} channel does not exist. Fix: pass the folder holding the {channel} JSON Lines.")
+        raise ChannelError(f"{path}: the {channel} channel does not exist.", fix=f"pass the folder holding the {channel} JSON Lines.")
     if not files:
-        raise ChannelError(f"{path}: the {channel} channel is empty (no files). Fix: put the {channel} JSON Lines file in it.")
+        raise ChannelError(f"{path}: the {channel} channel is empty (no files).", fix=f"put the {channel} JSON Lines file in it.")
     return files
 
 def is_parquet(path: Path) -> bool:
@@ -108,19 +110,19 @@ def _read_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":  # gzip magic number, whatever the file's name
         try: data = gzip.decompress(data)
-        except (OSError, EOFError) as e: raise ChannelError(f"{path}: a damaged gzip file ({e}). Fix: re-create the file.") from None
+        except (OSError, EOFError) as e: raise ChannelError(f"{path}: a damaged gzip file ({e}).", fix="re-create the file.") from None
     return data
 
 def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     "(line number, decoded object) for every non-blank line of a JSON Lines file (plain or gzipped)."
     if _read_bytes(path)[:4] == b"PAR1":
-        raise ChannelError(f"{path.name}: a Parquet file where JSON Lines are expected (batch transform reads JSON Lines). "
-                           "Fix: write one JSON object per line.")
+        raise ChannelError(f"{path.name}: a Parquet file where JSON Lines are expected (batch transform reads JSON Lines).",
+                           fix="write one JSON object per line.")
     for number, line in enumerate(_read_bytes(path).splitlines(), start=1):
         if not line.strip(): continue
         try: yield number, json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ChannelError(f"{path.name}, line {number}: not valid JSON ({e}). Fix: write one JSON object per line "
+            raise ChannelError(f"{path.name}, line {number}: not valid JSON ({e}).", fix="write one JSON object per line "
                                f"(file {path}).") from None
 
 # %% ../../nbs/deepar/02_channels.ipynb #703234f0
@@ -135,7 +137,7 @@ def _plain(value):
 def read_parquet_records(path: Path) -> Iterator[tuple[int, dict]]:
     "(1-based row number, record) for every row of a Parquet file, its columns the record's fields (nulls left out)."
     try: table = pd.read_parquet(path)
-    except Exception as e: raise ChannelError(f"{path.name}: not a readable Parquet file ({type(e).__name__}: {e}). Fix: re-write it.") from None
+    except Exception as e: raise ChannelError(f"{path.name}: not a readable Parquet file ({type(e).__name__}: {e}).", fix="re-write it.") from None
     for number, row in enumerate(table.to_dict("records"), start=1):
         yield number, {k: _plain(v) for k, v in row.items() if v is not None and not (np.isscalar(v) and pd.isna(v))}
 
@@ -146,7 +148,7 @@ def read_channel(path: str | Path, channel: str = "train") -> list[Series]:
         if is_parquet(f): series += [parse_record(obj, f"{f.name}, row {n}") for n, obj in read_parquet_records(f)]
         else: series += [parse_record(obj, f"{f.name}, line {n}") for n, obj in read_json_lines(f)]
     if not series:
-        raise ChannelError(f"{path}: the {channel} channel holds no records. Fix: write at least one series, one JSON object per line.")
+        raise ChannelError(f"{path}: the {channel} channel holds no records.", fix="write at least one series, one JSON object per line.")
     return series
 
 # %% ../../nbs/deepar/02_channels.ipynb #a1a84edc
@@ -169,7 +171,7 @@ def _in_all_or_none(series: Sequence[Series], field: str, what: str, setting: st
     having = [s for s in series if getattr(s, field) is not None]
     if having and len(having) != len(series):
         s = next(s for s in series if getattr(s, field) is None)
-        raise ChannelError(f"{s.where}: this series has no \"{field}\" but others have. Fix: give every series its {what}, "
+        raise ChannelError(f"{s.where}: this series has no \"{field}\" but others have.", fix=f"give every series its {what}, "
                            f"or set {setting} to ignore.")
     return having
 
@@ -181,15 +183,15 @@ def resolve_data_settings(hp: DeepARHyperparameters, series: Sequence[Series]) -
         widths = {len(s.cat) for s in with_cat}
         if len(widths) > 1:
             s = next(s for s in with_cat if len(s.cat) != len(with_cat[0].cat))
-            raise ChannelError(f"{s.where}: {len(s.cat)} \"cat\" values, but {with_cat[0].where} has {len(with_cat[0].cat)}. "
-                               "Fix: give every series the same categorical features.")
+            raise ChannelError(f"{s.where}: {len(s.cat)} \"cat\" values, but {with_cat[0].where} has {len(with_cat[0].cat)}.",
+                               fix="give every series the same categorical features.")
         if hp.cardinality == "auto":
             cardinality = tuple(int(c) + 1 for c in np.max([s.cat for s in with_cat], axis=0)) if with_cat and widths != {0} else ()
         else:
             cardinality = hp.cardinality
             if not with_cat:
-                raise ChannelError(f"{series[0].where}: cardinality is {list(cardinality)} but the series have no \"cat\". "
-                                   "Fix: add the categories, or set cardinality to auto.")
+                raise ChannelError(f"{series[0].where}: cardinality is {list(cardinality)} but the series have no \"cat\".",
+                                   fix="add the categories, or set cardinality to auto.")
     dynamic = 0
     if hp.uses_dynamic_feat:
         with_dynamic = _in_all_or_none(series, "dynamic_feat", "dynamic features", "num_dynamic_feat")
@@ -197,8 +199,8 @@ def resolve_data_settings(hp: DeepARHyperparameters, series: Sequence[Series]) -
         if hp.num_dynamic_feat != "auto":
             dynamic = hp.num_dynamic_feat
             if not with_dynamic:
-                raise ChannelError(f"{series[0].where}: num_dynamic_feat is {dynamic} but the series have no \"dynamic_feat\". "
-                                   "Fix: add them, or set num_dynamic_feat to auto.")
+                raise ChannelError(f"{series[0].where}: num_dynamic_feat is {dynamic} but the series have no \"dynamic_feat\".",
+                                   fix="add them, or set num_dynamic_feat to auto.")
     return DataSettings(cardinality, dynamic)
 
 # %% ../../nbs/deepar/02_channels.ipynb #fbd9b639
@@ -206,30 +208,30 @@ def check_series(s: Series, settings: DataSettings, likelihood: str, future: int
     "Refuse a series that does not fit the model: `cat`, `dynamic_feat` (target length + `future` long), target bounds."
     if settings.cardinality:
         if s.cat is None:
-            raise ChannelError(f"{s.where}: no \"cat\", but the model uses {len(settings.cardinality)} categorical feature(s). "
-                               "Fix: give the series its categories.")
+            raise ChannelError(f"{s.where}: no \"cat\", but the model uses {len(settings.cardinality)} categorical feature(s).",
+                               fix="give the series its categories.")
         if len(s.cat) != len(settings.cardinality):
             raise ChannelError(f"{s.where}: {len(s.cat)} \"cat\" values, but the model uses {len(settings.cardinality)} "
-                               f"(cardinality {list(settings.cardinality)}). Fix: give one value per categorical feature.")
+                               f"(cardinality {list(settings.cardinality)}).", fix="give one value per categorical feature.")
         for k, (c, n) in enumerate(zip(s.cat, settings.cardinality)):
             if c >= n:
-                raise ChannelError(f"{s.where}: cat[{k}] is {c}, beyond the cardinality {n} of that feature (values 0 to {n - 1}). "
-                                   "Fix: use the category encoding of the training data (or a larger cardinality).")
+                raise ChannelError(f"{s.where}: cat[{k}] is {c}, beyond the cardinality {n} of that feature (values 0 to {n - 1}).",
+                                   fix="use the category encoding of the training data (or a larger cardinality).")
     if settings.num_dynamic_feat:
         if s.dynamic_feat is None or len(s.dynamic_feat) != settings.num_dynamic_feat:
             got = 0 if s.dynamic_feat is None else len(s.dynamic_feat)
-            raise ChannelError(f"{s.where}: {got} dynamic feature(s), but the model uses {settings.num_dynamic_feat}. "
-                               "Fix: give the series the same dynamic features as the training data.")
+            raise ChannelError(f"{s.where}: {got} dynamic feature(s), but the model uses {settings.num_dynamic_feat}.",
+                               fix="give the series the same dynamic features as the training data.")
         needed, got = len(s.target) + future, s.dynamic_feat.shape[1]
         if (got < needed) if future else (got != needed):
             rule = (f"at least len(target) + prediction_length = {len(s.target)} + {future} = {needed}" if future
                     else f"exactly as long as the target ({needed})")
-            raise ChannelError(f"{s.where}: the dynamic features hold {got} values; they must be {rule}. "
-                               + ("Fix: extend them over the forecast horizon." if future else "Fix: give one value per target value."))
+            raise ChannelError(f"{s.where}: the dynamic features hold {got} values; they must be {rule}.",
+                               fix="extend them over the forecast horizon." if future else "give one value per target value.")
     observed = s.target[~np.isnan(s.target)]
     if likelihood == "negative-binomial" and (observed < 0).any():
-        raise ChannelError(f"{s.where}: a negative target value ({observed.min():g}); the negative-binomial likelihood models counts. "
-                           "Fix: use non-negative targets, or likelihood student-T or gaussian.")
+        raise ChannelError(f"{s.where}: a negative target value ({observed.min():g}); the negative-binomial likelihood models counts.",
+                           fix="use non-negative targets, or likelihood student-T or gaussian.")
     if likelihood == "beta" and ((observed <= 0) | (observed >= 1)).any():
         raise ChannelError(f"{s.where}: a target value not strictly between 0 and 1; the beta likelihood models fractions "
-                           "(its density is zero at 0 and 1). Fix: scale the targets into (0, 1), or use another likelihood.")
+                           "(its density is zero at 0 and 1).", fix="scale the targets into (0, 1), or use another likelihood.")

@@ -100,7 +100,7 @@ def evaluate(predictor, hp: DeepARHyperparameters, settings: DataSettings, test:
     for s in test:
         if len(s.target) <= pl_:
             raise ChannelError(f"{s.where}: a test series of {len(s.target)} points; it must be longer than prediction_length="
-                               f"{pl_} (its last prediction_length points are forecast from the rest). Fix: give the full series.")
+                               f"{pl_} (its last prediction_length points are forecast from the rest).", fix="give the full series.")
     entries = [gluonts_entry(s, freq, settings, length=len(s.target) - pl_) for s in test]
     samples = forecast_samples(predictor, entries, hp.num_eval_samples)
     actuals = np.stack([s.target[-pl_:] for s in test])
@@ -151,7 +151,7 @@ def train(hyperparameters: DeepARHyperparameters | Mapping[str, Any], train_dir:
     settings = resolve_data_settings(hp, train_series)
     for s in train_series: check_series(s, settings, hp.likelihood)
     if not any((~np.isnan(s.target)).any() for s in train_series):
-        raise ChannelError(f"{train_dir}: the train channel has no observed target value (all NaN). Fix: provide data.")
+        raise ChannelError(f"{train_dir}: the train channel has no observed target value (all NaN).", fix="provide data.")
     test_series = None
     if test_dir is not None:
         test_series = read_channel(test_dir, "test")

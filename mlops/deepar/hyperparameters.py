@@ -10,6 +10,7 @@ import math
 import re
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
+from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['SAGEMAKER_FREQ', 'LIKELIHOODS', 'DEFAULT_QUANTILES', 'LIKELIHOOD_SPELLINGS', 'SUPPORTED_FREQUENCIES',
@@ -18,8 +19,9 @@ __all__ = ['SAGEMAKER_FREQ', 'LIKELIHOODS', 'DEFAULT_QUANTILES', 'LIKELIHOOD_SPE
            'frequency_problem']
 
 # %% ../../nbs/deepar/01_hyperparameters.ipynb #04a4fbfb
-class HyperparameterError(ValueError):
+class HyperparameterError(MlopsError, ValueError):
     "A DeepAR hyperparameter is missing, unknown, or breaks SageMaker's rule; the message states the rule."
+    exit_code = 2
     def __init__(self, name: str, value, rule: str):
         self.name, self.value, self.rule = name, value, rule
         given = "" if value is None else f" = {value!r}"
@@ -106,7 +108,7 @@ def _optional(parse):
     return parse_optional
 
 # %% ../../nbs/deepar/01_hyperparameters.ipynb #1dabfb3e
-class UnsupportedFrequency(ValueError):
+class UnsupportedFrequency(MlopsError, ValueError):
     "A pandas frequency that SageMaker DeepAR's `time_freq` cannot express; the message lists what it can."
 
 _WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")

@@ -20,13 +20,14 @@ from .engine import ARTIFACT_FORMAT, forecast_samples, gluonts_entry, quiet, see
 from .hyperparameters import DEFAULT_QUANTILES, DeepARHyperparameters
 from .metrics import quantile_label
 from ..files import atomic_write, found_file
+from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['DEFAULT_INFERENCE_CONFIG', 'OUTPUT_TYPES', 'INFERENCE_CONFIG_ENV', 'InferenceRequestError', 'InferenceConfiguration',
            'DeepARPredictor', 'load_model', 'predict', 'transform']
 
 # %% ../../nbs/deepar/06_predictor.ipynb #e561f5eb
-class InferenceRequestError(ValueError):
+class InferenceRequestError(MlopsError, ValueError):
     "An inference request (instance or configuration) breaks DeepAR's request format; the message says where and why."
 
 DEFAULT_INFERENCE_CONFIG = {"num_samples": 100, "output_types": ["mean", "quantiles"],
@@ -115,7 +116,7 @@ class DeepARPredictor:
             s = parse_record(instance, where)
             check_series(s, self.settings, "any", future=self.prediction_length)
         except ChannelError as e:
-            raise InferenceRequestError(str(e)) from None
+            raise InferenceRequestError(e.message, fix=e.fix) from None
         return s
 
     def forecast(self, series: Sequence[Series], num_samples: int = 100, seed: int = 0) -> list[np.ndarray]:
@@ -171,11 +172,11 @@ def transform(model_dir: str | Path, input_path: str | Path, output_dir: str | P
     model = load_model(model_dir)
     input_path, output_dir = Path(input_path), Path(output_dir)
     try: files = channel_files(input_path, "transform input")
-    except ChannelError as e: raise InferenceRequestError(str(e)) from None
+    except ChannelError as e: raise InferenceRequestError(e.message, fix=e.fix) from None
     outputs = []
     for f in files:
         try: lines = list(read_json_lines(f))
-        except ChannelError as e: raise InferenceRequestError(str(e)) from None
+        except ChannelError as e: raise InferenceRequestError(e.message, fix=e.fix) from None
         series = [model.parse_instance(obj, f"{f.name}, line {n}") for n, obj in lines]
         samples = model.forecast(series, configuration.num_samples) if series else []
         body = b"".join(json.dumps(_predictions(s, configuration)).encode() + b"\n" for s in samples)

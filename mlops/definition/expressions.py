@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['EXPRESSIONS', 'EXECUTION_VARIABLES', 'STEP_EXECUTION_VARIABLES', 'CONDITIONS', 'REFERENCE_ROOTS', 'CONDITION_MEMBERS',
@@ -29,7 +30,7 @@ CONDITIONS = ("GreaterThan", "GreaterThanOrEqualTo", "LessThan", "LessThanOrEqua
 # (pipeline_experiment_config.py) and ForEach's item and outputs (for_each_step.py)
 REFERENCE_ROOTS = ("Steps", "Parameters", "Execution", "PipelineExperimentConfig", "ForEach", "IterationOutput")
 
-class ExpressionError(ValueError):
+class ExpressionError(MlopsError, ValueError):
     "An expression cannot be parsed or evaluated; the message names it and what is missing."
 
 def is_expression(value) -> bool:
@@ -247,7 +248,7 @@ def evaluate_condition(condition: dict, context: Context) -> bool:
     left, right = evaluate(condition["LeftValue"], context), evaluate(condition["RightValue"], context)
     if value_type(left) != value_type(right):
         raise ExpressionError(f"{kind}: LeftValue {left!r} of type {value_type(left)} and RightValue {right!r} of type "
-                              f"{value_type(right)} are not of the same type. Fix: compare values of one type (a parameter's "
+                              f"{value_type(right)} are not of the same type.", fix="compare values of one type (a parameter's "
                               "value has its declared Type; a JsonGet value keeps its JSON type).")
     if kind == "Equals": return left == right
     if value_type(left) not in ("Number", "String"):

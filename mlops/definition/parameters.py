@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['PIPELINE_TYPES', 'NO_VALUE', 'PARAMETER_RULES', 'COLUMN_PARAMETERS', 'PARAMETER_MEANINGS', 'ParameterError', 'coerce',
@@ -13,8 +14,9 @@ __all__ = ['PIPELINE_TYPES', 'NO_VALUE', 'PARAMETER_RULES', 'COLUMN_PARAMETERS',
            'check_parameters', 'parameter_table', 'parse_assignments']
 
 # %% ../../nbs/definition/03_parameters.ipynb #3b780783
-class ParameterError(ValueError):
+class ParameterError(MlopsError, ValueError):
     "A parameter is unknown, missing, or its value does not fit its declared type; the message says which and how to fix it."
+    exit_code = 2
 
 PIPELINE_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool}
 
@@ -69,10 +71,10 @@ def execution_parameters(definition: dict, overrides: dict, pipeline: str = "the
     "StartPipelineExecution's `PipelineParameters` (name and text value) for `overrides`, checked against the declarations."
     declared = declared_parameters(definition)
     if unknown := sorted(set(overrides) - set(declared)):
-        raise ParameterError(f"{pipeline} has no parameter {', '.join(unknown)}. Fix: use one of {', '.join(sorted(declared))}.")
+        raise ParameterError(f"{pipeline} has no parameter {', '.join(unknown)}.", fix=f"use one of {', '.join(sorted(declared))}.")
     values = {name: coerce(name, value, declared[name].get("Type", "String")) for name, value in overrides.items()}
     if problems := parameter_problems(definition, values):  # ranges too, before the execution starts (defined below)
-        raise ParameterError("; ".join(problems) + f" {pipeline} was not started. Fix: change the -p values named above.")
+        raise ParameterError("; ".join(problems) + f" {pipeline} was not started.", fix="change the -p values named above.")
     return [{"Name": name, "Value": str(value)} for name, value in overrides.items()]
 
 # %% ../../nbs/definition/03_parameters.ipynb #a91f2134
@@ -142,7 +144,7 @@ def check_parameters(definition: dict, overrides: dict | None = None) -> dict:
     "`resolve_parameters`, then every value checked by `parameter_problems`; `ParameterError` listing all problems."
     values = resolve_parameters(definition, overrides)
     if problems := parameter_problems(definition, values):
-        raise ParameterError("; ".join(problems) + " Nothing was run." + (" Fix: change the -p values named above." if overrides else ""))
+        raise ParameterError("; ".join(problems) + " Nothing was run.", fix="change the -p values named above." if overrides else None)
     return values
 
 # %% ../../nbs/definition/03_parameters.ipynb #239ea9f0
@@ -205,8 +207,8 @@ def parse_assignments(assignments) -> dict[str, str]:
     for assignment in assignments:
         name, sep, value = assignment.partition("=")
         if not sep or not name.strip():
-            raise ParameterError(f"-p {assignment!r} is not NAME=VALUE. Fix: write it like -p Epochs=20.")
+            raise ParameterError(f"-p {assignment!r} is not NAME=VALUE.", fix="write it like -p Epochs=20.")
         if name.strip() in parameters:
-            raise ParameterError(f"-p {name.strip()} is given twice. Fix: give each parameter once.")
+            raise ParameterError(f"-p {name.strip()} is given twice.", fix="give each parameter once.")
         parameters[name.strip()] = value
     return parameters

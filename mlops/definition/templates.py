@@ -13,6 +13,7 @@ from pathlib import Path
 from ..config import TEMPLATE_KEYS, step_notebook
 from ..files import content_key
 from .rules import value_problems
+from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['PLACEHOLDER', 'KEYS_FILE', 'placeholder', 'placeholders_in', 'FillError', 'fill_definition', 'code_uris',
@@ -31,7 +32,7 @@ def placeholders_in(value) -> set[str]:
     return {m.group(1) for m in PLACEHOLDER.finditer(json.dumps(value))}
 
 # %% ../../nbs/definition/04_templates.ipynb #71fa3d1a
-class FillError(ValueError):
+class FillError(MlopsError, ValueError):
     "The values do not fit the template (missing or unknown keys, values that are not strings)."
 
 def fill_definition(template, values: dict, known_keys=None, check_values: bool = True):

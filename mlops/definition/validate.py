@@ -18,6 +18,7 @@ from .parameters import ParameterError, coerce
 from .rules import service_rule_problems, template_body_problem
 from .shapes import property_problem, request_shape, service_model, shape_at, shape_problems
 from .steptypes import STEP_TYPES, TEXT_OR_EXPRESSION, WORKFLOW_REFUSED, member_problems, retry_policy_problems
+from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['SCHEMA_OVERLAY', 'MAX_DEPTH', 'DefinitionError', 'DefinitionInvalid', 'OverlayEntry', 'definition_schema',
@@ -36,7 +37,7 @@ class DefinitionError:
     def __str__(self):
         return f"{'step ' + self.step if self.step else 'pipeline'} at {self.pointer or '/'}: {self.message} [{self.check}]"
 
-class DefinitionInvalid(ValueError):
+class DefinitionInvalid(MlopsError, ValueError):
     "A definition failed validation; `.errors` holds every `DefinitionError`."
     def __init__(self, source: str, errors: list[DefinitionError]):
         self.errors = errors

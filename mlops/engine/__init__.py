@@ -6,14 +6,17 @@
 __all__ = ['DefinitionNotRunnable', 'ExecutionRunning', 'StepError']
 
 # %% ../../nbs/engine/00_engine.ipynb #3001647c
-class DefinitionNotRunnable(ValueError):
+from ..errors import MlopsError
+
+class DefinitionNotRunnable(MlopsError, ValueError):
     "The definition holds a step type, image, parameter or expression that the local engine cannot run; nothing was run."
+    exit_code = 2
 
 class ExecutionRunning(DefinitionNotRunnable):
     "Another process is running (or continuing) this execution; nothing was run."
 
-class StepError(RuntimeError):
+class StepError(MlopsError, RuntimeError):
     "A step failed. `kind` is SageMaker's failure type, used to match retry policies."
-    def __init__(self, message: str, kind: str = "ClientError"):
-        super().__init__(message)
+    def __init__(self, message: str, kind: str = "ClientError", fix: str | None = None):
+        super().__init__(message, fix)
         self.kind = kind

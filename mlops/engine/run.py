@@ -164,7 +164,7 @@ def refuse_resuming_a_fail_step(records: Records, execution_id: str):
     "Raise `DefinitionNotRunnable` when the execution failed on a Fail step (RetryPipelineExecution does not retry it)."
     failed = [r["name"] for r in records.steps(execution_id) if r["type"] == "Fail" and r["status"] == "Failed"]
     if failed: raise DefinitionNotRunnable(f"execution {execution_id} failed on Fail step {failed[0]!r}; a Fail step "
-                                           "is not retried (RetryPipelineExecution). Fix: start a new execution.")
+                                           "is not retried (RetryPipelineExecution).", fix="start a new execution.")
 
 # %% ../../nbs/engine/07_run.ipynb #18da2953
 def definition_text(definition: dict) -> str:
@@ -181,7 +181,7 @@ def changed_steps(before: dict, now: dict) -> list[str]:
 def _start(definition, parameters, pipeline, options: dict):
     "(definition, parameter values, pipeline name, execution id, options, start time) of a new execution."
     try: values = resolve_parameters(definition, parameters)
-    except ParameterError as e: raise DefinitionNotRunnable(str(e)) from None
+    except ParameterError as e: raise DefinitionNotRunnable(e.message, fix=e.fix) from None
     pipeline = pipeline or definition.get("Metadata", {}).get("PipelineName") or "pipeline"
     return definition, values, pipeline, f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", options, time.time()
 
@@ -196,7 +196,7 @@ def _resume(definition, home: Path, resume: str, options: dict):
     if definition is not None and definition_text(definition) != definition_text(saved):
         raise DefinitionNotRunnable(f"cannot resume execution {resume}: the pipeline definition changed since it started "
                                     f"({', '.join(changed_steps(saved, definition))}). Resuming runs the rest of the pipeline "
-                                    "it started; this one is another. Fix: start a new execution (`mlops run`).")
+                                    "it started; this one is another.", fix="start a new execution (`mlops run`).")
     return saved, json.loads(previous["parameters"]), previous["pipeline"], resume, {**options, **previous["options"]}, previous["started"]
 
 def _reused(state: ExecutionState, specs, resume, steps, reference) -> list[StepResult]:
@@ -252,7 +252,7 @@ def run_definition(definition: dict, parameters: dict | None = None, *, pipeline
     options = {"max_parallel": max_parallel, "use_cache": use_cache, **({"lambdas": lambdas} if lambdas else {})}
     if resume:
         if Records(home / "runs.db").execution(resume) is None:
-            raise DefinitionNotRunnable(f"no execution {resume!r}. Fix: pick one from `mlops runs`.")
+            raise DefinitionNotRunnable(f"no execution {resume!r}.", fix="pick one from `mlops runs`.")
         lock = lock_execution(home / "runs" / resume, resume)  # one process continues it; the others are refused
         try: definition, values, pipeline, execution_id, options, started = _resume(definition, home, resume, options)
         except BaseException: lock.close(); raise

@@ -35,14 +35,14 @@ class LocalStore:
     def path(self, uri: str) -> Path:
         "The local file or folder of the S3 URI `uri`, always inside the store; `StepError` for a URI that is not `s3://`."
         if not isinstance(uri, str) or not uri.startswith("s3://"):
-            raise StepError(f"{uri!r} is not an s3:// URI, and the local store holds S3 objects only. "
-                            "Fix: give an s3://bucket/key URI (`mlops run --data FILE` puts a file of yours in the store).")
+            raise StepError(f"{uri!r} is not an s3:// URI, and the local store holds S3 objects only.",
+                            fix="give an s3://bucket/key URI (`mlops run --data FILE` puts a file of yours in the store).")
         bucket, _, key = uri[len("s3://"):].partition("/")
         key = key.rstrip("/")
         names = [key_segment(bucket), *(key_segment(s) for s in (key.split("/") if key else []))]
         if long := next((n for n in names if len(n.encode()) > NAME_MAX), None):
             raise StepError(f"{uri[:80]!r}: the key segment {long[:40]!r}... is longer than {NAME_MAX} bytes, "
-                            "more than a file name can hold in the local store. Fix: use shorter segments between slashes.")
+                            "more than a file name can hold in the local store.", fix="use shorter segments between slashes.")
         path = self.root.joinpath(*names)
         assert self.root in path.parents, uri  # by construction: no name is empty, '.', '..' or holds a slash
         return path
@@ -61,7 +61,7 @@ class LocalStore:
         elif source.is_dir():
             shutil.copytree(source, destination, dirs_exist_ok=True)
         else:
-            raise StepError(f"no data at {uri} (local store: {source}). Fix: write the data there, or pass another URI.")
+            raise StepError(f"no data at {uri} (local store: {source}).", fix="write the data there, or pass another URI.")
         return destination
 
     def upload(self, source: str | Path, uri: str) -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['RemoteError', 'describe_endpoint', 'is_not_found', 'describe', 'aws_errors', 'endpoint_overridden', 'aws_client']
 
 # %% ../../nbs/remote/01_aws.ipynb #9bf62833
-class RemoteError(RuntimeError):
+class RemoteError(MlopsError, RuntimeError):
     "A problem the user can fix (values, credentials, endpoint, permissions, names); nothing was changed by the failing call."
     exit_code = 2
 
@@ -57,20 +58,20 @@ def aws_errors(endpoint_url: str | None = None):
             bx.SSOError, bx.TokenRetrievalError) as e:
         raise RemoteError(f"no usable AWS credentials ({e}). {_FIX_CREDENTIALS}") from None
     except bx.NoRegionError:
-        raise RemoteError("no AWS region is set. Fix: set AWS_REGION (or AWS_DEFAULT_REGION), "
+        raise RemoteError("no AWS region is set.", fix="set AWS_REGION (or AWS_DEFAULT_REGION), "
                           "or `region` in the profile's AWS config.") from None
     except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError, bx.ReadTimeoutError) as e:
-        raise RemoteError(f"cannot reach {endpoint} ({e}). Fix: check --endpoint-url and AWS_ENDPOINT_URL, "
+        raise RemoteError(f"cannot reach {endpoint} ({e}).", fix="check --endpoint-url and AWS_ENDPOINT_URL, "
                           "the network and any proxy settings.") from None
     except bx.ClientError as e:
         code, message = e.response.get("Error", {}).get("Code", "?"), e.response.get("Error", {}).get("Message", "")
         if code in _CREDENTIAL_CODES:
             raise RemoteError(f"{endpoint} rejected the credentials ({code}: {message}). {_FIX_CREDENTIALS}") from None
         if code in _ACCESS_CODES:
-            raise RemoteError(f"not allowed to call {e.operation_name} ({message}). Fix: grant the identity "
+            raise RemoteError(f"not allowed to call {e.operation_name} ({message}).", fix="grant the identity "
                               f"the IAM permission for {e.operation_name}, or use another profile.") from None
         if code == "NoSuchBucket":
-            raise RemoteError(f"the S3 bucket does not exist ({message}). Fix: create it, or correct ArtifactBucket "
+            raise RemoteError(f"the S3 bucket does not exist ({message}).", fix="create it, or correct ArtifactBucket "
                               "and CodeLocation in the values file.") from None
         raise RemoteError(f"{e.operation_name} failed at {endpoint}: {code}: {message}") from None
 
@@ -86,11 +87,11 @@ def aws_client(service: str, endpoint_url: str | None = None):
         import boto3
         from botocore.config import Config
     except ImportError:
-        raise RemoteError("boto3 is not installed. Fix: pip install 'mlops[sagemaker]'.") from None
+        raise RemoteError("boto3 is not installed.", fix="pip install 'mlops[sagemaker]'.") from None
     config = Config(connect_timeout=5, read_timeout=60, retries={"mode": "standard", "max_attempts": 3},
                     s3={"addressing_style": "path"} if endpoint_overridden(service, endpoint_url) else None)
     with aws_errors(endpoint_url):
         try:
             return boto3.client(service, endpoint_url=endpoint_url or None, config=config)
         except ValueError as e:  # botocore's "Invalid endpoint"
-            raise RemoteError(f"{e}. Fix: give --endpoint-url as a full URL, like http://127.0.0.1:5000.") from None
+            raise RemoteError(f"{e}.", fix="give --endpoint-url as a full URL, like http://127.0.0.1:5000.") from None

@@ -30,7 +30,7 @@ def default_templates_dir() -> Path:
     for folder in [Path("templates"), *([root / "templates"] if root else [])]:
         if (folder / KEYS_FILE).is_file():
             return folder
-    raise RemoteError("no rendered templates/ folder here. Fix: run `mlops render` in the project, "
+    raise RemoteError("no rendered templates/ folder here.", fix="run `mlops render` in the project, "
                       "or pass --templates with the folder holding the *.pipeline.json files.")
 
 # %% ../../nbs/remote/02_deploy.ipynb #e110fe87
@@ -58,7 +58,7 @@ def choose_pipelines(pipeline: str | None = None) -> dict[str, str]:
     chosen = {name: file for name, file in TEMPLATE_FILES.items()
               if pipeline in (name, file, file.removesuffix(".pipeline.json"))}
     if not chosen:
-        raise RemoteError(f"no pipeline named {pipeline!r}. Fix: choose one of {', '.join(TEMPLATE_FILES)}.")
+        raise RemoteError(f"no pipeline named {pipeline!r}.", fix=f"choose one of {', '.join(TEMPLATE_FILES)}.")
     return chosen
 
 # %% ../../nbs/remote/02_deploy.ipynb #fc5dbf02
@@ -68,12 +68,12 @@ def code_location(values_path: str | Path, templates_dir: str | Path | None = No
     from mlops.definition.rules import s3_uri_problem
     location = read_values(values_path).get("CodeLocation")
     if not isinstance(location, str) or (problem := s3_uri_problem(location)):
-        raise RemoteError(f"values file {values_path}: CodeLocation {location!r} is not an s3:// URI. Fix: give s3://bucket/prefix.")
+        raise RemoteError(f"values file {values_path}: CodeLocation {location!r} is not an s3:// URI.", fix="give s3://bucket/prefix.")
     folder = Path(templates_dir) if templates_dir else project_root() / "templates"
     try:
         return f"{location.rstrip('/')}/{code_version([load_definition(folder / f) for f in TEMPLATE_FILES.values()])}"
     except (NotebookNotFound, DefinitionInvalid) as e:
-        raise RemoteError(str(e)) from None
+        raise RemoteError(e.message, fix=e.fix) from None
 
 # %% ../../nbs/remote/02_deploy.ipynb #fcff3ec4
 def filled_definitions(values_path: str | Path, pipeline: str | None = None,
@@ -85,15 +85,15 @@ def filled_definitions(values_path: str | Path, pipeline: str | None = None,
         try:
             template = load_definition(templates_dir / file)
         except DefinitionInvalid as e:
-            raise RemoteError(f"{e} Fix: run `mlops render`, or pass --templates with the rendered folder.") from None
+            raise RemoteError(f"{e}", fix="run `mlops render`, or pass --templates with the rendered folder.") from None
         try:
             filled[name] = fill_definition(template, values, known_keys_for(templates_dir / file))
         except FillError as e:
-            raise RemoteError(f"values file {values_path}: {e} Fix: correct the values file "
+            raise RemoteError(f"values file {values_path}: {e}", fix="correct the values file "
                               "(every key with its meaning and an example: templates/keys.json).") from None
         if errors := validate_definition(filled[name]):
-            raise RemoteError(f"{DefinitionInvalid(f'{file} filled with {values_path}', errors)}\n"
-                              "Fix: correct those values in the values file.")
+            raise RemoteError(str(DefinitionInvalid(f"{file} filled with {values_path}", errors)),
+                              fix="correct those values in the values file.")
     return filled
 
 # %% ../../nbs/remote/02_deploy.ipynb #7be94cc4
@@ -122,7 +122,7 @@ def pipeline_description(name: str, definition: dict, commit: str) -> str:
 def split_s3_uri(uri: str) -> tuple[str, str]:
     "(bucket, key) of an `s3://bucket/key` URI."
     if not uri.startswith("s3://") or "/" not in uri[5:]:
-        raise RemoteError(f"{uri!r} is not an s3://bucket/key URI. Fix: correct CodeLocation in the values file.")
+        raise RemoteError(f"{uri!r} is not an s3://bucket/key URI.", fix="correct CodeLocation in the values file.")
     bucket, key = uri[5:].split("/", 1)
     return bucket, key
 
@@ -134,7 +134,7 @@ def code_objects(definition: dict, code_location: str) -> dict[str, Path]:
         try:
             found[uri] = step_notebook(name)
         except NotebookNotFound as e:
-            raise RemoteError(f"the definition expects {uri}, but {e} Fix: add the step notebook, "
+            raise RemoteError(f"the definition expects {uri}, but {e}", fix="add the step notebook, "
                               "or render the templates again.") from None
     return found
 
@@ -208,7 +208,7 @@ def ensure_buckets(s3, buckets: list[str], create: bool = False, log=None) -> li
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"): raise
         if not create:
-            raise RemoteError(f"the S3 bucket {bucket} does not exist. Fix: create it (`mlops deploy --create-bucket ...`, "
+            raise RemoteError(f"the S3 bucket {bucket} does not exist.", fix="create it (`mlops deploy --create-bucket ...`, "
                               f"or `aws s3 mb s3://{bucket}`), or correct ArtifactBucket and CodeLocation in the values file.")
         region = s3.meta.region_name
         s3.create_bucket(Bucket=bucket, **({"CreateBucketConfiguration": {"LocationConstraint": region}}

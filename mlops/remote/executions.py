@@ -27,9 +27,9 @@ def data_uri(definition: dict, data, parameter: str = "InputDataUri") -> str:
     default = next((p.get("DefaultValue") for p in definition.get("Parameters", []) if p.get("Name") == parameter), None)
     if not (isinstance(default, str) and default.startswith("s3://") and len(default) > 5):
         raise RemoteError(f"--data needs a pipeline parameter {parameter} whose default is an s3:// URI (its bucket receives "
-                          "the file). Fix: pass the data's URI with -p instead.")
+                          "the file).", fix="pass the data's URI with -p instead.")
     try: return content_key(f"s3://{default[5:].split('/', 1)[0]}/data", data)
-    except FileNotFoundError: raise RemoteError(f"data file not found: {data}. Fix: check the path.") from None
+    except FileNotFoundError: raise RemoteError(f"data file not found: {data}.", fix="check the path.") from None
 
 def start(pipeline: str, parameters: dict[str, str] | None = None, endpoint_url: str | None = None, data=None) -> str:
     """Start an execution of the deployed `pipeline` with `parameters` (name → string value); its ARN. `data`: a local file,
@@ -47,12 +47,11 @@ def start(pipeline: str, parameters: dict[str, str] | None = None, endpoint_url:
         try:
             pipeline_parameters = execution_parameters(definition, parameters or {}, pipeline)
         except ParameterError as e:
-            fix = "" if "Fix:" in str(e) else f" Fix: give -p values of the types {pipeline} declares."
-            raise RemoteError(f"{e}{fix}") from None
+            raise RemoteError(e.message, fix=e.fix or f"give -p values of the types {pipeline} declares.") from None
         if errors := validate_definition(definition, parameters or {}, require_values=True):  # what SageMaker would refuse
             raise RemoteError(f"{pipeline} was not started: " + "; ".join(map(str, errors[:5])) +
-                              (f" (and {len(errors) - 5} more)" if len(errors) > 5 else "") +
-                              f" Fix: change the -p values named above, or the definition (`mlops validate` lists every problem).")
+                              (f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""),
+                              fix="change the -p values named above, or the definition (`mlops validate` lists every problem).")
         if data is not None:  # after every check: nothing is uploaded for a start that is refused
             from pathlib import Path
             bucket, key = uri[5:].split("/", 1)

@@ -6,8 +6,12 @@
 __all__ = ['TrackingError', 'ModelNotFound']
 
 # %% ../../nbs/tracking/00_tracking.ipynb #0e021d7e
-class TrackingError(RuntimeError):
-    "MLflow could not record or read something; the message names the tracking URI and the fix."
+from ..errors import MlopsError
 
-class ModelNotFound(LookupError):
+class TrackingError(MlopsError, RuntimeError):
+    "MLflow could not record or read something; the message names the tracking URI and the fix."
+    exit_code = 2
+
+class ModelNotFound(MlopsError, LookupError):
     "No model package (version) answers to the name asked for; the message says how to get one."
+    exit_code = 2

@@ -31,7 +31,7 @@ def execution_run(execution_id: str, home: str | Path | None = None):
     experiments = [e.experiment_id for e in c.search_experiments()]
     runs = [r for r in c.search_runs(experiments, f"tags.`{EXECUTION_TAG}` = '{execution_id}'", max_results=1000)
             if "mlflow.parentRunId" not in r.data.tags] if experiments else []
-    if not runs: raise ModelNotFound(f"no MLflow run for execution {execution_id!r}. Fix: pick one from `mlops runs`, "
+    if not runs: raise ModelNotFound(f"no MLflow run for execution {execution_id!r}.", fix="pick one from `mlops runs`, "
                                      "or a model version from `mlops models list`.")
     return runs[0]
 

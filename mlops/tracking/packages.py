@@ -9,13 +9,14 @@ import os
 from pathlib import Path
 
 from ..processing import processing_job
+from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['RESOLVED_FIELDS', 'PackageNotUsable', 'package_summary', 'usable', 'resolve_on_sagemaker', 'resolve_locally',
            'on_sagemaker', 'resolve_package']
 
 # %% ../../nbs/tracking/05_packages.ipynb #e45ffd6d
-class PackageNotUsable(LookupError):
+class PackageNotUsable(MlopsError, LookupError):
     "No model package the inference pipeline can use answers to the group or ARN asked for; the message says how to get one."
 
 RESOLVED_FIELDS = ("ModelPackageArn", "ModelPackageGroupName", "ModelPackageVersion", "ModelApprovalStatus",
@@ -35,13 +36,13 @@ def usable(summary: dict) -> dict:
     "`summary` if the inference pipeline can use that package: Approved, with a feature state; `PackageNotUsable` otherwise."
     arn, status, group = summary["ModelPackageArn"], summary["ModelApprovalStatus"], summary["ModelPackageGroupName"]
     if status != "Approved":
-        raise PackageNotUsable(f"model package {arn} is {status or 'not approved'}: CreateModel needs an Approved package. "
-                               f"Fix: approve it (`mlops models approve {group} {summary['ModelPackageVersion']}`, or "
+        raise PackageNotUsable(f"model package {arn} is {status or 'not approved'}: CreateModel needs an Approved package.",
+                               fix=f"approve it (`mlops models approve {group} {summary['ModelPackageVersion']}`, or "
                                f"UpdateModelPackage with ModelApprovalStatus=Approved), or leave ModelPackageArn at none "
                                f"for the latest Approved version of {group}.")
     if not summary.get("FeatureStateUri"):
         raise PackageNotUsable(f"model package {arn} names no feature state (customer metadata feature_state_uri): "
-                               "it was not registered by the training pipeline. Fix: use a version the training pipeline registered.")
+                               "it was not registered by the training pipeline.", fix="use a version the training pipeline registered.")
     return summary
 
 # %% ../../nbs/tracking/05_packages.ipynb #637f9edf
@@ -54,15 +55,15 @@ def resolve_on_sagemaker(group: str, arn: str = "", sagemaker=None) -> dict:
         listed = sagemaker.list_model_packages(ModelPackageGroupName=group, ModelApprovalStatus="Approved",
                                                SortBy="CreationTime", SortOrder="Descending", MaxResults=1)
         if not listed.get("ModelPackageSummaryList"):
-            raise PackageNotUsable(f"model package group {group!r} has no Approved version. Fix: approve one (UpdateModelPackage "
+            raise PackageNotUsable(f"model package group {group!r} has no Approved version.", fix="approve one (UpdateModelPackage "
                                    "with ModelApprovalStatus=Approved), or run the training pipeline first.")
         arn = listed["ModelPackageSummaryList"][0]["ModelPackageArn"]
     from botocore.exceptions import ClientError
     try:
         described = sagemaker.describe_model_package(ModelPackageName=arn)
     except ClientError as e:
-        raise PackageNotUsable(f"no model package {arn}: {e.response['Error'].get('Message', e)}. "
-                               "Fix: give the ARN of a version of the group (ListModelPackages), or leave ModelPackageArn at none.") from None
+        raise PackageNotUsable(f"no model package {arn}: {e.response['Error'].get('Message', e)}.",
+                               fix="give the ARN of a version of the group (ListModelPackages), or leave ModelPackageArn at none.") from None
     return usable(package_summary(described))
 
 # %% ../../nbs/tracking/05_packages.ipynb #79a45f0a
@@ -73,7 +74,7 @@ def resolve_locally(group: str, arn: str = "", home: str | Path | None = None) -
     try:
         row = resolve_model_package(arn or group, home)
     except (ModelNotFound, TrackingError) as e:
-        raise PackageNotUsable(str(e)) from None
+        raise PackageNotUsable(e.message, fix=e.fix) from None
     tags = row.get("tags", {})
     return usable({"ModelPackageArn": row["arn"], "ModelPackageGroupName": row["group"], "ModelPackageVersion": row["version"],
                    "ModelApprovalStatus": row["status"], "Image": row["image"], "ModelDataUrl": row["model_data_url"],

@@ -61,7 +61,7 @@ def _version_row(v) -> dict:
 def name_filter(group: str) -> str:
     "MLflow's search filter for the model `group`; `ModelNotFound` for a name SageMaker's ModelPackageGroupName refuses (so no quote reaches the filter)."
     from mlops.definition.rules import name_problem
-    if problem := name_problem("ModelPackageGroupName", group): raise ModelNotFound(f"{group!r} is {problem} Fix: name a model package group (`mlops models list`).")
+    if problem := name_problem("ModelPackageGroupName", group): raise ModelNotFound(f"{group!r} is {problem}", fix="name a model package group (`mlops models list`).")
     return f"name = '{group}'"
 
 def model_versions(group: str | None = None, home: str | Path | None = None) -> list[dict]:
@@ -74,7 +74,7 @@ def set_approval(group: str, version: int | str, status: str, home: str | Path |
     "Set a version's ModelApprovalStatus (Approved, Rejected or PendingManualApproval); the version's row (and `previous_status`)."
     if status not in APPROVAL_STATUSES: raise ValueError(f"status {status!r} is not one of {', '.join(APPROVAL_STATUSES)}.")
     versions = {r["version"]: r for r in model_versions(group, home)}
-    if not versions: raise ModelNotFound(f"no registered model {group!r}. Fix: run the training pipeline (`mlops run`), "
+    if not versions: raise ModelNotFound(f"no registered model {group!r}.", fix="run the training pipeline (`mlops run`), "
                                          "or pick a group from `mlops models list`.")
     if int(version) not in versions:
         raise ModelNotFound(f"model {group!r} has no version {version}; its versions: {', '.join(map(str, versions))}.")
@@ -110,8 +110,8 @@ def resolve_model_package(reference: str, home: str | Path | None = None) -> dic
     group, version = parse_model_package(reference)
     versions = model_versions(group, home)
     if not versions:
-        raise ModelNotFound(f"no model named {reference!r} (neither a model, a model package ARN nor a model package group). "
-                            "Fix: run the training pipeline first, or pass -p ModelPackageArn=<ARN of a version>.")
+        raise ModelNotFound(f"no model named {reference!r} (neither a model, a model package ARN nor a model package group).",
+                            fix="run the training pipeline first, or pass -p ModelPackageArn=<ARN of a version>.")
     if version is not None:
         found = [v for v in versions if str(v["version"]) == version]
         if not found: raise ModelNotFound(f"model package group {group!r} has no version {version}; "
@@ -126,6 +126,6 @@ def resolve_model_package(reference: str, home: str | Path | None = None) -> dic
         return approved[-1]
     if not approved:
         latest = versions[-1]["version"]
-        raise ModelNotFound(f"model package group {group!r} has no Approved version. Fix: approve one "
+        raise ModelNotFound(f"model package group {group!r} has no Approved version.", fix="approve one "
                             f"(`mlops models approve {group} {latest}`), or pass -p ModelPackageArn=<ARN of an Approved version>.")
     return approved[-1]

@@ -65,7 +65,7 @@ def client(home: str | Path | None = None):
             else:
                 opened = MlflowClient(uri, registry)
         except Exception as e:
-            raise TrackingError(f"cannot open the MLflow tracking store {uri}: {type(e).__name__}: {e}. Fix: check "
+            raise TrackingError(f"cannot open the MLflow tracking store {uri}: {type(e).__name__}: {e}.", fix="check "
                                 "MLFLOW_TRACKING_URI (unset it to use the local sqlite store).") from e
         _clients[uri, registry] = opened
         return opened

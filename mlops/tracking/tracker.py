@@ -281,7 +281,7 @@ def finish(self: ExecutionTracker, status: str, failure_reason: str | None = Non
     if self._failure is not None:
         e = self._failure
         raise TrackingError(f"MLflow tracking failed at {tracking_uri(self.home)}: {type(e).__name__}: {e}. The execution "
-                            "record is kept (`mlops status`). Fix: check MLFLOW_TRACKING_URI, or unset it to use the local store.") from e
+                            "record is kept (`mlops status`).", fix="check MLFLOW_TRACKING_URI, or unset it to use the local store.") from e
     return self.run_id
 
 ExecutionTracker.register, ExecutionTracker._register, ExecutionTracker.resolve, ExecutionTracker.finish = register, _register, resolve, finish

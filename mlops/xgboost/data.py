@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from ..errors import MlopsError
+
 
 # %% auto #0
 __all__ = ['CSV', 'LIBSVM', 'PARQUET', 'CONTENT_TYPES', 'ACCEPTED', 'DataError', 'content_type', 'data_files', 'csv_delimiter',
@@ -18,7 +20,7 @@ CONTENT_TYPES = {"text/csv": CSV, "csv": CSV, "text/libsvm": LIBSVM, "text/x-lib
                  "application/x-parquet": PARQUET, "parquet": PARQUET}
 ACCEPTED = ["csv", "libsvm", "parquet", "text/csv", "text/libsvm", "text/x-libsvm", "application/x-parquet"]
 
-class DataError(ValueError):
+class DataError(MlopsError, ValueError):
     "A channel the container refuses, with its message."
 
 def content_type(value: str | None) -> str:

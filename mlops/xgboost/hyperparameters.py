@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+from ..errors import MlopsError
+
 
 # %% auto #0
 __all__ = ['MAXIMIZE_METRICS', 'MINIMIZE_METRICS', 'CONTAINER_METRICS', 'OBJECTIVES', 'ALIASES', 'HYPERPARAMETERS',
@@ -15,7 +17,7 @@ __all__ = ['MAXIMIZE_METRICS', 'MINIMIZE_METRICS', 'CONTAINER_METRICS', 'OBJECTI
            'describe', 'hyperparameter_problem']
 
 # %% ../../nbs/xgboost/02_hyperparameters.ipynb #72bf70d1
-class HyperparameterError(ValueError):
+class HyperparameterError(MlopsError, ValueError):
     "A hyperparameter the container refuses: `name` (or None) and the container's message."
     def __init__(self, name: str | None, message: str):
         super().__init__(message)

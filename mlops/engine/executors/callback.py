@@ -18,6 +18,8 @@ from .. import StepError
 from . import Executor, StepIO, StepRun
 from .lambdas import step_as_written, typed_outputs
 from ...files import atomic_write
+from ...errors import MlopsError
+
 
 # %% auto #0
 __all__ = ['CALLBACK_MESSAGE', 'CALLBACK_ANSWER', 'TOKEN_PATTERN', 'MAX_OUTPUTS', 'MAX_NAME', 'MAX_VALUE', 'MAX_REASON',
@@ -30,7 +32,7 @@ TOKEN_PATTERN = re.compile(r"[a-zA-Z0-9]{10}")  # botocore: CallbackToken, min =
 MAX_OUTPUTS, MAX_NAME, MAX_VALUE, MAX_REASON = 50, 256, 1024, 256  # OutputParameterList, OutputParameter, String256
 POLL_SECONDS = 0.2
 
-class CallbackError(ValueError):
+class CallbackError(MlopsError, ValueError):
     "An answer `mlops callback` cannot give: no step waits for the token, it was answered, or an output is wrong."
 
 def new_token() -> str:
