@@ -224,6 +224,9 @@ def render(out_dir: str | Path = "templates", check: bool = False, use_fingerpri
             stale.append(name)
             out.writelines(difflib.unified_diff(current.splitlines(keepends=True), text.splitlines(keepends=True),
                                                 f"{out_dir}/{name}", f"{out_dir}/{name} (rendered now)"))
+    if not stale and not unchanged_by_fingerprint(out_dir):  # the rule `mlops run` applies (runner.local_definition)
+        stale.append(FINGERPRINT_FILE)
+        print(f"{out_dir}/{FINGERPRINT_FILE} does not match the code that renders (the rendered files are the same).", file=out)
     if stale:
         print(f"{out_dir}/ is out of date ({', '.join(stale)}). Fix: run `mlops render` and commit the result.", file=out)
         return 1

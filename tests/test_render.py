@@ -487,3 +487,19 @@ def test_the_deepar_image_example_is_the_one_aws_publishes_for_its_region():
     from sagemaker.core import image_uris
     assert TEMPLATE_KEYS["DeepARImageUri"].example == image_uris.retrieve("forecasting-deepar", "eu-west-1")
     assert json.loads((TEMPLATES / KEYS_FILE).read_text())["DeepARImageUri"]["example"] == TEMPLATE_KEYS["DeepARImageUri"].example
+
+
+def test_check_fails_where_mlops_run_refuses_a_fingerprint_of_other_code(tmp_path):
+    "The rendered files are the same, the fingerprint's inputs are not today's: `render --check` fails, as `mlops run` refuses."
+    from mlops.errors import MlopsError
+    from mlops.runner import local_definition
+    out = tmp_path / "templates"
+    out.mkdir()
+    for name in ARTIFACTS:
+        (out / name).write_text((TEMPLATES / name).read_text())
+    fingerprint = json.loads((out / FINGERPRINT_FILE).read_text())
+    (out / FINGERPRINT_FILE).write_text(json.dumps({**fingerprint, "inputs": "0" * 64}))
+    with pytest.raises(MlopsError, match="out of date with the pipeline code"):
+        local_definition("training", out)
+    result, attempts = guarded_mlops_render(tmp_path, "render", "--check", "--out", out)
+    assert result.returncode == 1 and attempts == [] and f"out of date ({FINGERPRINT_FILE})" in result.stdout
