@@ -13,7 +13,7 @@ from .errors import MlopsError
 # %% auto #0
 __all__ = ['FORECAST', 'DEEPAR_INFERENCE_CONFIG', 'DEEPAR_HYPERPARAMETERS', 'EXAMPLE_ACCOUNT_ID', 'DEEPAR_IMAGE_EU_WEST_1',
            'TEMPLATE_KEYS', 'ForecastDefaults', 'project_root', 'NotebookNotFound', 'notebooks_dir', 'step_notebook',
-           'mlops_home', 'TemplateKey']
+           'mlops_home', 'user_cache_dir', 'TemplateKey']
 
 # %% ../nbs/00_config.ipynb #b6f2e530
 @dataclass(frozen=True)
@@ -70,6 +70,11 @@ def mlops_home() -> Path:
     (wherever the caller stands: a notebook in `nbs/` and the CLI at the root share it), else in the working directory."""
     if env := os.environ.get("MLOPS_HOME"): return Path(env).resolve()
     return ((project_root() or Path.cwd()) / ".mlops").resolve()
+
+# %% ../nbs/00_config.ipynb #d86faa73
+def user_cache_dir() -> Path:
+    "This user's cache folder of mlops: `$XDG_CACHE_HOME/mlops`, else `~/.cache/mlops` (not created here)."
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlops"
 
 # %% ../nbs/00_config.ipynb #9302ad7c
 DEEPAR_HYPERPARAMETERS: dict[str, str] = {

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..config import mlops_home
+from ..config import mlops_home, user_cache_dir
 from . import TrackingError
 
 # %% auto #0
@@ -49,6 +49,33 @@ def _file_lock(path: Path):
         try: yield
         finally: fcntl.flock(handle, fcntl.LOCK_UN)
 
+def _empty_store() -> Path:
+    "A migrated, empty MLflow sqlite store for this MLflow and SQLAlchemy (made once, atomically, in the user's cache)."
+    import importlib.metadata
+    versions = "-".join(importlib.metadata.version(p) for p in ("mlflow", "sqlalchemy"))
+    path = user_cache_dir() / f"mlflow-empty-{versions}.db"
+    if not path.is_file():
+        from mlflow import MlflowClient
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            MlflowClient(f"sqlite:///{partial}", f"sqlite:///{partial}").search_experiments(max_results=1)  # every migration
+            os.replace(partial, path)
+        finally: partial.unlink(missing_ok=True)
+    return path
+
+def _new_sqlite_store(database: Path, home: Path):
+    "`database` as a copy of the empty store, its Default experiment's artifacts under `home` (written whole, then renamed)."
+    import shutil, sqlite3
+    partial = database.with_name(f".{database.name}.{os.getpid()}")
+    try:
+        shutil.copyfile(_empty_store(), partial)
+        with sqlite3.connect(partial) as db:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                       ((home / "mlartifacts" / "Default").as_uri(),))
+        os.replace(partial, database)
+    finally: partial.unlink(missing_ok=True)
+
 def client(home: str | Path | None = None):
     "An `MlflowClient` on the tracking and registry URIs of `home` (opened once per process)."
     import logging
@@ -59,7 +86,9 @@ def client(home: str | Path | None = None):
         for name in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration"): logging.getLogger(name).setLevel(logging.WARNING)
         try:
             if uri.startswith("sqlite:///"):
-                with _file_lock(Path(uri[len("sqlite:///"):] + ".lock")):
+                database = Path(uri[len("sqlite:///"):])
+                with _file_lock(Path(f"{database}.lock")):
+                    if not database.exists() and registry == uri: _new_sqlite_store(database, database.parent)
                     opened = MlflowClient(uri, registry)
                     opened.search_experiments(max_results=1)  # creates the tables under the lock
             else:

@@ -17,6 +17,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from ...config import user_cache_dir
 from ...definition.expressions import as_text
 from .. import StepError
 from . import StepRun
@@ -131,7 +132,7 @@ CACHE_SETTING = "MLOPS_ENV_CACHE"  # where the environments are kept (default: ~
 def env_cache() -> Path:
     "The folder of the framework environments, one per framework, version and Python."
     if folder := os.environ.get(CACHE_SETTING): return Path(folder)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlops" / "envs"
+    return user_cache_dir() / "envs"
 
 def env_folder(image: FrameworkImage) -> Path:
     "Where the environment of `image` is (or will be) kept: `<cache>/<framework>-<version>-py<X.Y>`."
