@@ -179,3 +179,50 @@ def test_a_script_that_fails_fails_the_step_with_its_reason(runs, tmp_path, monk
     assert reason.startswith("TrainRidge: ExecuteUserScriptError:") and "ExitCode 1" in reason, reason
     log = (home / "runs" / step["execution_id"] / "TrainRidge" / "log.txt").read_text()
     assert "no rows in the train channel" in log, log
+
+
+def repack_pipeline(session, folder):
+    """The training step, then a Model with an inference entry point over its model data (ModelBuilder.build() in a ModelStep):
+    SDK 3.x appends its model repack step (sagemaker.mlops.workflow._utils._RepackModelStep), a ModelTrainer job in the
+    sklearn 1.2-1 image running _repack_script_launcher.sh, which runs _repack_model.py."""
+    from sagemaker.core import image_uris
+    from sagemaker.core.training.configs import SourceCode
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.serve.model_builder import ModelBuilder
+    train = model_trainer_pipeline(session, folder).steps[0]
+    (folder / "serve").mkdir()
+    (folder / "serve" / "inference.py").write_text("import pickle, os\ndef model_fn(d):\n    return pickle.load(open(os.path.join(d, 'model.pkl'), 'rb'))\n")
+    image = image_uris.retrieve("sklearn", region=REGION, version="1.2-1", py_version="py3", instance_type="ml.m5.xlarge",
+                                image_scope="inference")
+    builder = ModelBuilder(image_uri=image, s3_model_data_url=train.properties.ModelArtifacts.S3ModelArtifacts,
+                           source_code=SourceCode(source_dir=str(folder / "serve"), entry_script="inference.py"),
+                           role_arn=ROLE, sagemaker_session=session)
+    return Pipeline(name="script-mode-repack", steps=[train, ModelStep(name="CreateRidge", step_args=builder.build())],
+                    sagemaker_session=session)
+
+
+def test_the_sdk_model_repack_step_puts_the_inference_code_into_the_model(tmp_path, monkeypatch):
+    "The repack step runs as script mode; its model.tar.gz is the trained one with the entry point under code/."
+    from mlops.cli import main
+    from mlops.engine.records import Records
+    from mlops.engine.store import LocalStore
+    home = tmp_path / ".mlops"
+    store = LocalStore(home / "store")
+    definition = build_with_uploads(lambda session: repack_pipeline(session, tmp_path), home / "store", BUCKET, REGION)
+    (repack,) = [s for s in definition["Steps"] if "RepackModel" in s["Name"]]
+    store.path(TRAIN_URI).mkdir(parents=True)
+    rows().to_csv(store.path(TRAIN_URI) / "train.csv", index=False)
+    (tmp_path / "definition.json").write_text(json.dumps(definition))
+    monkeypatch.setenv("MLOPS_HOME", str(home)); monkeypatch.setenv("MLOPS_FORKSERVER", "0"); monkeypatch.setenv("COLUMNS", "300")
+    monkeypatch.setenv("MLOPS_FRAMEWORK_ENVS", "local")  # the repack image is scikit-learn 1.2-1; its script uses none of it
+    result = CliRunner().invoke(main, ["run", "--definition", str(tmp_path / "definition.json")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    records = Records(home / "runs.db")
+    steps = {s["name"]: s for s in records.steps(records.executions(1)[0]["id"])}
+    assert {s["status"] for s in steps.values()} == {"Succeeded"}, {n: s["status"] for n, s in steps.items()}
+    props = {n: json.loads(s["properties"]) if isinstance(s["properties"], str) else s["properties"] for n, s in steps.items()}
+    trained, repacked = (props[n]["ModelArtifacts"]["S3ModelArtifacts"] for n in ("TrainRidge", repack["Name"]))
+    members = archive_members(store, repacked)
+    assert members["model.pkl"] == archive_members(store, trained)["model.pkl"]
+    assert members["code/inference.py"] == (tmp_path / "serve" / "inference.py").read_bytes(), list(members)
