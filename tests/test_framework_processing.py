@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from corpus.sdk_pipelines import build_uploaded
+
 REGION, BUCKET, ROLE = "us-east-1", "framework-bucket", "arn:aws:iam::123456789012:role/service-role/SageMakerRole"
 
 # A preprocessing script as AWS's abalone example writes one: paths hard-coded under /opt/ml/processing, the job's
@@ -94,24 +96,7 @@ def framework_processor(session, folder: Path, image: str):
 
 def build(builder, image: str, folder: Path, store: Path) -> dict:
     "The definition `builder` makes with the SDK offline; what the SDK uploaded to (moto's) S3 copied into the local store."
-    import logging, warnings
-    import boto3
-    from mlops.offline import offline_aws, pipeline_session
-    logging.disable(logging.WARNING)
-    try:
-        with offline_aws(REGION), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            s3 = boto3.client("s3", region_name=REGION)
-            s3.create_bucket(Bucket=BUCKET)
-            definition = json.loads(builder(pipeline_session({"ArtifactBucket": BUCKET}), folder, image).definition())
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-                for item in page.get("Contents", []):
-                    path = store / BUCKET / item["Key"]
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read())
-    finally:
-        logging.disable(logging.NOTSET)
-    return definition
+    return build_uploaded(lambda session: builder(session, folder, image), store, BUCKET, REGION)
 
 
 def sklearn_image(version: str) -> str:

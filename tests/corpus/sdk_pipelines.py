@@ -845,6 +845,31 @@ def build_corpus(names: list[str] | None = None) -> dict[str, dict]:
         logging.disable(disabled)
 
 
+def build_uploaded(make: Callable[[object], object], store: Path, bucket: str = BUCKET, region: str = REGION) -> dict:
+    """The definition of the pipeline `make(session)` returns, built by the SDK offline (a PipelineSession whose artifact
+    bucket is `bucket`); what the SDK uploaded to (moto's) S3 while building it, copied into the local store `store`
+    (`store/<bucket>/<key>`), where `mlops run` finds it as SageMaker finds it in S3."""
+    import logging
+    import warnings
+    from mlops.offline import offline_aws, pipeline_session
+    logging.disable(logging.WARNING)  # the SDK narrates every default it applies
+    try:
+        with offline_aws(region), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import boto3
+            s3 = boto3.client("s3", region_name=region)
+            s3.create_bucket(Bucket=bucket)
+            definition = json.loads(make(pipeline_session({"ArtifactBucket": bucket})).definition())
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for item in page.get("Contents", []):
+                    path = store / bucket / item["Key"]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+    finally:
+        logging.disable(logging.NOTSET)
+    return definition
+
+
 def write_corpus(definitions: dict[str, dict], folder: Path) -> list[Path]:
     "Each definition as `folder/<name>.json`."
     folder.mkdir(parents=True, exist_ok=True)
