@@ -33,7 +33,7 @@ NOTEBOOK = {"cells": [
     "nbformat": 4, "nbformat_minor": 5}
 
 
-def notebook_pipeline(session, folder: Path):
+def notebook_pipeline(session, folder: Path, kernel: str = "python3"):
     "Two NotebookJobSteps, as tests/corpus/sdk_pipelines.py build_notebook_job writes them: a parameter, an init script, a dependency."
     from sagemaker.core.workflow.parameters import ParameterString
     from sagemaker.mlops.workflow.notebook_job_step import NotebookJobStep
@@ -43,7 +43,7 @@ def notebook_pipeline(session, folder: Path):
     (folder / "init.sh").write_text("export READY=yes\n")
     alpha = ParameterString(name="Alpha", default_value="0.5")
     first = NotebookJobStep(
-        name="AnalyseData", input_notebook=str(folder / "analysis.ipynb"), image_uri=IMAGE, kernel_name="python3", role=ROLE,
+        name="AnalyseData", input_notebook=str(folder / "analysis.ipynb"), image_uri=IMAGE, kernel_name=kernel, role=ROLE,
         s3_root_uri=f"s3://{BUCKET}/notebook-jobs", parameters={"alpha": alpha}, environment_variables={"STAGE": "dev"},
         initialization_script=str(folder / "init.sh"), additional_dependencies=[str(folder / "helpers.py")])
     second = NotebookJobStep(
@@ -115,6 +115,14 @@ def test_a_failing_notebook_fails_its_step_and_keeps_the_executed_notebook(home,
     notebook = executed_notebook(home, next(s for s in definition["Steps"] if s["Name"] == "AnalyseData"))
     assert "alpha=0.5 stage=dev ready=yes helper=42" in printed(notebook)  # the cells before the failing one, with their outputs
 
+
+
+def test_a_kernel_not_installed_here_is_named_with_the_fix(home, tmp_path):
+    definition = build_uploaded(lambda session: notebook_pipeline(session, tmp_path, kernel="julia-1.9"), home / "store", BUCKET)
+    result = run(definition, tmp_path)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, output
+    assert "the Jupyter kernel 'julia-1.9'" in output and "ipykernel install" in output, output
 
 def function_pipeline(session):
     """Two @step functions, the second taking the first's return value (a DelayedReturn), and a condition on the second's

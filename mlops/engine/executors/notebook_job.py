@@ -68,11 +68,12 @@ def upload_output(step: StepRun, data: Path, uri: str) -> None:
         for path in sorted(data.iterdir()): tar.add(path, arcname=path.name)
     step.execution.store.upload(archive, uri)
 
-# %% ../../../nbs/engine/executors/11_notebook_job.ipynb #c706c861
+# %% ../../../nbs/engine/executors/11_notebook_job.ipynb #6066f02e
 def run_notebook(env: dict | None = None) -> int:
     "Execute the notebook job's notebook as the headless execution driver does; the exit code (a failure: an `error:` line, code 1)."
     import papermill as pm
     import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     from mlops.processing import started_kernel
     env = os.environ if env is None else env
     notebook, output, kernel = Path(env["SM_PAPERMILL_INPUT"]), Path(env["SM_PAPERMILL_OUTPUT"]), env["SM_KERNEL_NAME"]
@@ -81,14 +82,18 @@ def run_notebook(env: dict | None = None) -> int:
     parameters = json.loads(Path(env["SM_PAPERMILL_PARAMS_PATH"]).read_text())
     language = None
     if not (nbformat.read(notebook, nbformat.NO_CONVERT).get("metadata", {}).get("language_info") or {}).get("name"):
-        from jupyter_client.kernelspec import KernelSpecManager
-        language = KernelSpecManager().get_kernel_spec(kernel).language
+        try: language = KernelSpecManager().get_kernel_spec(kernel).language
+        except NoSuchKernel: language = None  # said below, when the kernel is started
     os.chdir(notebook.parent)  # the driver runs the notebook from its own folder: its dependencies are beside it
     print(f"Use Kernel {kernel} to execute {notebook.name} with output to {output.name}. Params: {parameters}", flush=True)
     try:
         with started_kernel(kernel) as km:
             pm.execute_notebook(notebook.name, str(output), parameters=parameters, kernel_name=kernel, language=language,
                                 progress_bar=False, km=km)
+    except NoSuchKernel:
+        print(f"error: {notebook.name} asks for the Jupyter kernel {kernel!r} (the step's kernel_name), which is not installed here. "
+              f"Fix: install it (e.g. python -m ipykernel install --user --name {kernel}), or give the step the kernel_name of one "
+              "`jupyter kernelspec list` shows", file=sys.stderr); return 1
     except pm.PapermillExecutionError as e:
         message = f"{notebook.name} failed in cell {e.exec_count}: {e.ename}: {' '.join(str(e.evalue).split())}"
         Path(env["SM_PAPERMILL_FAILURE_FILE"]).write_text(f"Error with executing notebook\n{message}\n")
@@ -184,19 +189,24 @@ def invoke_function(store_root: str | Path, failure_file: str | Path, arguments:
     if code and failure.is_file(): print(f"error: {' '.join(failure.read_text().split())}", file=sys.stderr)
     return code
 
-# %% ../../../nbs/engine/executors/11_notebook_job.ipynb #64847ed9
+# %% ../../../nbs/engine/executors/11_notebook_job.ipynb #1ffc77fd
 def function_bootstrap_problem(arguments: dict) -> str | None:
     "Why the job driver of an `@step` function would do more here than call the invoker (dependencies, a workspace), or None."
     container = [a for a in (arguments.get("AlgorithmSpecification") or {}).get("ContainerArguments", []) if isinstance(a, str)]
     settings = container[container.index("--dependency_settings") + 1] if "--dependency_settings" in container[:-1] else None
     try: dependency = json.loads(settings).get("dependency_file") if settings else None
     except (ValueError, AttributeError): dependency = None
+    if "--run_in_context" in container:
+        return ("it runs inside a SageMaker Experiments Run (--run_in_context), which the local engine has not. Fix: call the @step "
+                "function outside `with Run(...)`")
     if dependency:
         return (f"its function has a dependencies file ({dependency}), which SageMaker's job driver installs before the call and the "
                 "local engine does not. Fix: install the packages in this Python and leave dependencies out of @step")
-    if "--pre_execution_commands" in container or "--pre_execution_script" in container:
-        return ("its function has pre-execution commands, which SageMaker's job driver runs before the call and the local engine does "
-                "not. Fix: run them in this Python's environment and leave them out of @step")
+    if extra := [c["ChannelName"] for c in arguments.get("InputDataConfig", []) if c.get("ChannelName") != FUNCTION_CHANNEL]:
+        # job.py `_generate_input_data_config`: the workspace (include_local_workdir, pre-execution commands or script)
+        return (f"its job has the input channel {', '.join(map(str, extra))}: a workspace or pre-execution commands that SageMaker's job "
+                "driver unpacks and runs before the call, and the local engine does not. Fix: leave include_local_workdir, "
+                "pre_execution_commands and pre_execution_script out of @step, with the function's modules and packages installed in this Python")
     return None
 
 class FunctionStepExecutor(Executor):
@@ -227,7 +237,7 @@ class FunctionStepExecutor(Executor):
     def describe(self, p: dict) -> StepIO:
         results = as_text((p.get("OutputDataConfig") or {}).get("S3OutputPath", ""))
         return StepIO(outputs={"results": results} if results else {},
-                      summary=f"returned its result to {results}/results" if results else None)
+                      summary=f"its return value is at {results}/results" if results else None)
 
 # %% ../../../nbs/engine/executors/11_notebook_job.ipynb #095d772f
 def main(argv: list[str] | None = None) -> int:
