@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from corpus.sdk_pipelines import build_with_uploads
+
 REGION, BUCKET, ROLE = "us-east-1", "framework-bucket", "arn:aws:iam::123456789012:role/service-role/SageMakerRole"
 
 # A preprocessing script as AWS's abalone example writes one: paths hard-coded under /opt/ml/processing, the job's
