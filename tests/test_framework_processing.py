@@ -96,7 +96,6 @@ def framework_processor(session, folder: Path, image: str):
 
 def build(builder, image: str, folder: Path, store: Path) -> dict:
     "The definition `builder` makes with the SDK offline; what the SDK uploaded to (moto's) S3 copied into the local store."
-    from corpus.sdk_pipelines import build_with_uploads
     return build_with_uploads(lambda session: builder(session, folder, image), store, BUCKET, REGION)
 
 
