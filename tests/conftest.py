@@ -40,7 +40,10 @@ def pytest_configure(config):
 # a worker and that one run. The slowest groups go first, so that the two workers end at about the same time. (The
 # groups are made here, from node ids, in the controller's scheduler: xdist's `xdist_group` marks rewrite `_nodeid`,
 # which pytest 9 no longer reads.)
-SPREAD = {"tests/test_chapters_in_jupyter.py"}
+SPREAD = {f"tests/{name}.py" for name in (  # modules without module- or session-scoped fixtures (a moto server is one)
+    "test_chapters_in_jupyter", "test_your_data", "test_new_step", "test_step_notebooks", "test_engine", "test_cli",
+    "test_container_contract", "test_executor_entry_points", "test_features_bad_input", "test_framework_processing",
+    "test_layout", "test_notebook_job", "test_render", "test_semantics", "test_service_rules")}
 SHARED = {"tests/test_tracking.py": "trained", "tests/test_events.py": "trained"}
 SLOWEST_FIRST = ["test_image_environment", "test_resume", "trained", "test_runner", "test_deepar", "test_your_data",
                  "test_forkserver", "test_step_notebooks", "test_refusals", "test_remote", "test_stack", "test_new_step"]
@@ -68,9 +71,9 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_collection_modifyitems(config, items):
     "The slowest groups first, then the other groups, then the tests shared out one by one; each group in its own order."
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    def key(item):
-        name = group_of(item.nodeid)
-        return len(rank) + 1 if name is None else rank.get(name, len(rank))
+    def key(item):  # a shared-out test of a slow module goes where its module would
+        name = group_of(item.nodeid) or Path(item.nodeid.split("::", 1)[0]).stem
+        return rank.get(name, len(rank) + (group_of(item.nodeid) is None))
     items.sort(key=key)  # stable
 
 
