@@ -177,7 +177,8 @@ BUILT_IN_EXECUTORS = ("mlops.engine.executors.processing.ProcessingExecutor",
                       "mlops.engine.executors.models.CreateModelExecutor", "mlops.engine.executors.models.RegisterModelExecutor",
                       "mlops.engine.executors.xgboost.XGBoostTransformExecutor", "mlops.engine.executors.control.ConditionExecutor",
                       "mlops.engine.executors.control.FailExecutor", "mlops.engine.executors.xgboost.XGBoostTrainingExecutor",
-                      "mlops.engine.executors.lambdas.LambdaExecutor", "mlops.engine.executors.callback.CallbackExecutor")
+                      "mlops.engine.executors.lambdas.LambdaExecutor", "mlops.engine.executors.callback.CallbackExecutor",
+                      "mlops.engine.executors.tuning.TuningExecutor")
 executors = ExecutorRegistry(BUILT_IN_EXECUTORS)
 
 # %% ../../../nbs/engine/executors/00_executors.ipynb #9c3d5a61
