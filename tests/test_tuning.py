@@ -208,3 +208,14 @@ def test_grid_runs_every_combination_of_the_categorical_values(grid_run):
     assert len(tried) == 4 and "MaxNumberOfTrainingJobs" not in config["ResourceLimits"]  # the SDK leaves it out for Grid
     objective = [s["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] for s in p["TrainingJobSummaries"]]
     assert objective == sorted(objective)  # Minimize: best first
+
+
+def test_grid_with_a_continuous_range_fails_before_any_training_job(random_run, tmp_path):
+    "The SDK-built definition with its Strategy set to Grid: AWS's rule \"Only categorical parameters are supported\"."
+    definition = json.loads(json.dumps(random_run["definition"]))
+    tuning_config(definition)["HyperParameterTuningJobConfig"]["Strategy"] = "Grid"
+    broken = run(tmp_path, definition)
+    assert broken["result"].exit_code != 0
+    step = broken["steps"]["TuneAbalone"]
+    assert step["status"] == "Failed" and "the Grid strategy supports only categorical parameter ranges" in step["failure_reason"]
+    assert not list((broken["folder"] / "TuneAbalone").glob("TuneAbalone-*"))  # no training job started

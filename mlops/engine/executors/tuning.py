@@ -23,8 +23,8 @@ from . import Executor, StepIO, StepRun
 # %% auto #0
 __all__ = ['RANGE_KINDS', 'SUBSTITUTED', 'TUNING_ONLY', 'TOP_JOBS', 'LOCAL_ARN', 'ranges_of', 'draw_value', 'search_space_size',
            'grid_search', 'random_search', 'search', 'tuning_job_name', 'training_job_name', 'search_seed',
-           'training_job_arguments', 'training_definitions', 'objective_value', 'ranked', 'TrainingJobExecution',
-           'TuningExecutor']
+           'training_job_arguments', 'training_definitions', 'launch_order', 'objective_value', 'ranked',
+           'TrainingJobExecution', 'TuningExecutor']
 
 # %% ../../../nbs/engine/executors/09_tuning.ipynb #e58a5f4e
 RANGE_KINDS = (("Integer", "IntegerParameterRanges"), ("Continuous", "ContinuousParameterRanges"),
@@ -129,6 +129,13 @@ def training_definitions(arguments: dict) -> list[dict]:
     "The training job definitions of a CreateHyperParameterTuningJob request (TrainingJobDefinition, or TrainingJobDefinitions)."
     return [arguments["TrainingJobDefinition"]] if arguments.get("TrainingJobDefinition") else list(arguments.get("TrainingJobDefinitions") or [])
 
+def launch_order(plans: list[tuple[dict, list[dict]]], limit: int | None) -> list[tuple[dict, dict]]:
+    """The (definition, hyperparameters) of each training job, in launch order: with several definitions, they take turns
+    (SageMaker does not document how it shares the jobs out), at most `limit` in all."""
+    turns = itertools.zip_longest(*[[(definition, tuned) for tuned in plan] for definition, plan in plans])
+    jobs = [job for turn in turns for job in turn if job is not None]
+    return jobs if limit is None else jobs[:int(limit)]
+
 # %% ../../../nbs/engine/executors/09_tuning.ipynb #195f2d4c
 TOP_JOBS = 50  # "tuning step stores up to 50 top performing training jobs" (sagemaker/mlops/workflow/steps.py, get_top_model_s3_uri)
 
@@ -158,6 +165,8 @@ def _ignored(config: dict, arguments: dict) -> list[str]:
     notes = []
     if config.get("TrainingJobEarlyStoppingType", "Off").lower() == "auto": notes.append("TrainingJobEarlyStoppingType Auto (every job runs to its end)")
     if arguments.get("WarmStartConfig"): notes.append("WarmStartConfig (its parent tuning jobs are SageMaker's: the search starts afresh)")
+    if (config.get("ParameterRanges") or {}).get("AutoParameters") or arguments.get("Autotune"):
+        notes.append("Autotune and AutoParameters (only the ranges written out are searched)")
     criteria = config.get("TuningJobCompletionCriteria") or {}
     notes += [f"TuningJobCompletionCriteria.{c}" for c in ("BestObjectiveNotImproving", "ConvergenceDetected") if c in criteria]
     return notes
@@ -193,7 +202,9 @@ class TuningExecutor(Executor):
         tuning_job = tuning_job_name(step.execution.pipeline, step.execution.id, step.name)
         seed, given = search_seed(config, tuning_job)
         try:
-            plans = [(d, search(config, ranges_of(d.get("HyperParameterRanges") or config.get("ParameterRanges")), seed + i))
+            each = config if len(definitions) == 1 or strategy != "Grid" else {  # several grids: their sum is checked below
+                **config, "ResourceLimits": {k: v for k, v in limits.items() if k != "MaxNumberOfTrainingJobs"}}
+            plans = [(d, search(each, ranges_of(d.get("HyperParameterRanges") or config.get("ParameterRanges")), seed + i))
                      for i, d in enumerate(definitions)]
         except StepError as e: raise StepError(f"{step.name}: {e.message}", fix=e.fix) from None
         if strategy in SUBSTITUTED: step.log(f"Strategy {strategy}: {SUBSTITUTED[strategy]} does not run locally; random search stands in "
@@ -201,11 +212,10 @@ class TuningExecutor(Executor):
         if strategy != "Grid": step.log(f"random search with seed {seed}" + ("" if given else " (RandomSeed not set: derived from the tuning job's "
                                                                           "name; set RandomSeed to repeat this search)"))
         if notes := _ignored(config, args): step.log("not applied locally: " + "; ".join(notes))
-        # with several definitions, the jobs take them in turn (SageMaker does not document how it shares them out)
-        total = len(plans[0][1]) if strategy == "Grid" and len(plans) == 1 else \
-                int(limits.get("MaxNumberOfTrainingJobs", sum(len(p) for _, p in plans)))
-        jobs = [(definitions[i % len(plans)], plans[i % len(plans)][1][i // len(plans)]) for i in range(total)
-                if i // len(plans) < len(plans[i % len(plans)][1])]
+        jobs = launch_order(plans, None if strategy == "Grid" else limits.get("MaxNumberOfTrainingJobs"))
+        if strategy == "Grid" and len(plans) > 1 and limits.get("MaxNumberOfTrainingJobs") not in (None, len(jobs)):
+            raise StepError(f"{step.name}: MaxNumberOfTrainingJobs is {limits['MaxNumberOfTrainingJobs']}, but the grids of the "
+                            f"training job definitions have {len(jobs)} combinations in all.", fix=f"set it to {len(jobs)}, or leave it out.")
         parallel = max(1, int(limits.get("MaxParallelTrainingJobs", 1)))
         step.log(f"tuning job {tuning_job}: {len(jobs)} training jobs ({strategy}), at most {parallel} at once, "
                  f"{objective.get('Type')} {objective['MetricName']}")
