@@ -221,7 +221,7 @@ class TuningExecutor(Executor):
                  f"{objective.get('Type')} {objective['MetricName']}")
         target = (config.get("TuningJobCompletionCriteria") or {}).get("TargetObjectiveMetricValue")
         deadline = time.time() + limits["MaxRuntimeInSeconds"] if limits.get("MaxRuntimeInSeconds") else None
-        created, lock, reached = _now(), threading.Lock(), threading.Event()
+        created, reached = _now(), threading.Event()
 
         def run_job(number: int, definition: dict, tuned: dict) -> dict | None:
             if reached.is_set() or step.execution.processes.stopping or (deadline and time.time() > deadline): return None
