@@ -178,7 +178,7 @@ BUILT_IN_EXECUTORS = ("mlops.engine.executors.processing.ProcessingExecutor",
                       "mlops.engine.executors.xgboost.XGBoostTransformExecutor", "mlops.engine.executors.control.ConditionExecutor",
                       "mlops.engine.executors.control.FailExecutor", "mlops.engine.executors.xgboost.XGBoostTrainingExecutor",
                       "mlops.engine.executors.lambdas.LambdaExecutor", "mlops.engine.executors.callback.CallbackExecutor",
-                      "mlops.engine.executors.script_mode.ScriptModeTrainingExecutor",
+                      "mlops.engine.executors.script_mode.ScriptModeTrainingExecutor", "mlops.engine.executors.tuning.TuningExecutor",
                       "mlops.engine.executors.notebook_job.NotebookJobExecutor", "mlops.engine.executors.notebook_job.FunctionStepExecutor")
 executors = ExecutorRegistry(BUILT_IN_EXECUTORS)
 
