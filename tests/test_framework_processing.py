@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from corpus.sdk_pipelines import uploads_to_store
+
 REGION, BUCKET, ROLE = "us-east-1", "framework-bucket", "arn:aws:iam::123456789012:role/service-role/SageMakerRole"
 
 # A preprocessing script as AWS's abalone example writes one: paths hard-coded under /opt/ml/processing, the job's
@@ -104,11 +106,7 @@ def build(builder, image: str, folder: Path, store: Path) -> dict:
             s3 = boto3.client("s3", region_name=REGION)
             s3.create_bucket(Bucket=BUCKET)
             definition = json.loads(builder(pipeline_session({"ArtifactBucket": BUCKET}), folder, image).definition())
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-                for item in page.get("Contents", []):
-                    path = store / BUCKET / item["Key"]
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read())
+            uploads_to_store(store, BUCKET, REGION)
     finally:
         logging.disable(logging.NOTSET)
     return definition
