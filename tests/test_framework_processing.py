@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from corpus.sdk_pipelines import uploads_to_store
+from mlops.offline import uploads_to_store
 
 REGION, BUCKET, ROLE = "us-east-1", "framework-bucket", "arn:aws:iam::123456789012:role/service-role/SageMakerRole"
 

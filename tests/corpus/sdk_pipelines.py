@@ -953,26 +953,11 @@ def build_abalone_end_to_end(c: Corpus):
                     steps=[step_process, step_train, step_eval, step_cond], sagemaker_session=c.session)
 
 
-def uploads_to_store(store: Path, bucket: str = BUCKET, region: str = REGION) -> list[str]:
-    """What the SDK uploaded to `bucket` while building (in moto's S3, inside `offline_aws`: the scripts, a source_dir's
-    sourcedir.tar.gz, runproc.sh), copied into the local store `store`, where `mlops run` finds them as SageMaker finds
-    them in S3. The keys copied."""
-    import boto3
-    s3, keys = boto3.client("s3", region_name=region), []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for item in page.get("Contents", []):
-            path = Path(store) / bucket / item["Key"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
-            keys.append(item["Key"])
-    return keys
-
-
 def build_into_store(name: str, store: Path) -> dict:
     "The definition of the builder `name`, built offline, with what the SDK uploaded meanwhile copied into the local store."
     import logging
     import warnings
-    from mlops.offline import offline_aws, pipeline_session
+    from mlops.offline import offline_aws, pipeline_session, uploads_to_store
     disabled = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
@@ -982,7 +967,7 @@ def build_into_store(name: str, store: Path) -> dict:
             boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
             corpus = Corpus(session=pipeline_session({"ArtifactBucket": BUCKET}), folder=Path(folder))
             definition = json.loads(BUILDERS[name](corpus).definition())
-            uploads_to_store(store)
+            uploads_to_store(store, BUCKET, REGION)  # the scripts the SDK uploaded, where `mlops run` looks for them
             return definition
     finally:
         logging.disable(disabled)
