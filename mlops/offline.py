@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import MlopsError
 
 # %% auto #0
-__all__ = ['NetworkAttempt', 'offline_aws', 'pipeline_session']
+__all__ = ['NetworkAttempt', 'offline_aws', 'pipeline_session', 'uploads_to_store']
 
 # %% ../nbs/02_offline.ipynb #fe0fbc50
 class NetworkAttempt(MlopsError, RuntimeError):
@@ -101,3 +101,16 @@ def pipeline_session(resources: dict):
     session = PipelineSession(boto_session=boto_session, default_bucket=resources["ArtifactBucket"], sagemaker_config={})
     session._default_bucket = resources["ArtifactBucket"]  # known: the SDK need not check that it exists (or create it)
     return session
+
+# %% ../nbs/02_offline.ipynb #f8113f2c
+def uploads_to_store(store: str | Path, bucket: str, region: str | None = None) -> list[str]:
+    "Copy every object of `bucket` (what a build uploaded, inside `offline_aws()`) into the local store folder `store`; the keys copied."
+    import boto3
+    s3, keys = boto3.client("s3", region_name=region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")), []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            path = Path(store) / bucket / item["Key"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+            keys.append(item["Key"])
+    return keys

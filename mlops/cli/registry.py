@@ -42,7 +42,9 @@ def models_list(group: str | None):
         console.print(f"no registered versions{f' of {group}' if group else ''}; a training run (`mlops run`) registers one.",
                       markup=False)
         return
-    shown = ("test:mean_wQuantileLoss", "test:RMSE")
+    # the metrics a version is judged on: DeepAR's test metrics, an algorithm's validation:<metric> (XGBoost's)
+    shown = [m for m in ("test:mean_wQuantileLoss", "test:RMSE") if any(m in r["metrics"] for r in rows)] + \
+            sorted({m for r in rows for m in r["metrics"] if m.startswith("validation:")})
     table = Table("model package group", "version", "status", *shown, "execution", "registered", title_justify="left")
     for r in rows:
         table.add_row(r["group"], str(r["version"]), r["status"],

@@ -824,6 +824,141 @@ def build_conditions_run_locally(c: Corpus):
                     steps=[check], sagemaker_session=c.session)
 
 
+# --- The abalone pipeline, end to end -----------------------------------------------------------------------
+
+ABALONE = Path(__file__).parent / "abalone"  # preprocess.py and evaluate.py, the two scripts of the pipeline
+ABALONE_INPUT = ("abalone", "input", "abalone-dataset.csv")  # where the pipeline's InputData points, under the bucket
+# The images' versions are those whose framework release mlops[local] installs (xgboost-cpu 3.2, scikit-learn 1.9), so
+# that this Python runs their jobs (mlops.engine.executors.framework.this_python_matches) and no environment is made
+ABALONE_IMAGE_VERSION = "3.2-0"  # SageMaker's XGBoost 3.2-0: xgboost 3.2
+ABALONE_SKLEARN_VERSION = "1.9-0"  # aws/sagemaker-scikit-learn-container 1.9-0: scikit-learn 1.9.0
+
+
+def abalone_dataset(rows: int = 240, seed: int = 0):
+    """A small abalone-like table in the UCI file's layout (sex, seven measurements, rings; no header), rings growing
+    with the shell's size and weight, so that a model can learn them."""
+    import numpy as np
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["M", "F", "I"], size=rows)
+    length = rng.uniform(0.1, 0.8, rows)
+    diameter = length * rng.uniform(0.75, 0.85, rows)
+    height = length * rng.uniform(0.3, 0.4, rows)
+    whole = 2.5 * length ** 3 * rng.uniform(0.8, 1.2, rows)
+    rings = np.round(3 + 14 * length + 4 * whole + np.where(sex == "I", -2, 0) + rng.normal(0, 1.0, rows)).clip(1)
+    return pd.DataFrame({"sex": sex, "length": length.round(3), "diameter": diameter.round(3), "height": height.round(3),
+                         "whole_weight": whole.round(4), "shucked_weight": (whole * 0.43).round(4),
+                         "viscera_weight": (whole * 0.22).round(4), "shell_weight": (whole * 0.29).round(4),
+                         "rings": rings.astype(int)})
+
+
+@builder
+def build_abalone_end_to_end(c: Corpus):
+    """The abalone pipeline of aws/amazon-sagemaker-examples, ml_ops/sm-pipelines_preprocess_train_evaluate_batch_transform
+    (sm-pipelines_preprocess_train_evaluate_batch_transform.ipynb), in SDK 3.x: SKLearn preprocessing (a ScriptProcessor
+    with the sklearn image: 3.x has no SKLearnProcessor) -> built-in XGBoost training -> an evaluation ScriptProcessor
+    in the XGBoost image writing evaluation.json (a PropertyFile) -> ConditionLessThanOrEqualTo on JsonGet of the mse ->
+    RegisterModel (with ModelMetrics), CreateModel and a Transform of that model; else a Fail step.
+
+    Where 3.x differs from the notebook (2.x): ModelStep with ModelBuilder.build()/.register() for Model.create() and
+    Model.register(); ModelTrainer for Estimator; ProcessingInput/ProcessingOutput are sagemaker.core.shapes. The XGBoost
+    image is 3.2-0 for training and evaluation (the notebook's 1.0-1 carries xgboost 1.0), and the transform reads the
+    `batch` output of the preprocessing (the notebook downloads a ready batch file); the sklearn image is 1.9-0 (the
+    notebook's SKLearnProcessor is 0.23-1)."""
+    from sagemaker.core.model_metrics import MetricsSource, ModelMetrics
+    from sagemaker.core.processing import ScriptProcessor
+    from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
+    from sagemaker.core.transformer import Transformer
+    from sagemaker.core.workflow.conditions import ConditionLessThanOrEqualTo
+    from sagemaker.core.workflow.functions import Join, JsonGet
+    from sagemaker.core.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
+    from sagemaker.core.workflow.properties import PropertyFile
+    from sagemaker.mlops.workflow.condition_step import ConditionStep
+    from sagemaker.mlops.workflow.fail_step import FailStep
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import ProcessingStep, TrainingStep, TransformStep
+    from sagemaker.serve.model_builder import ModelBuilder
+    from sagemaker.train import ModelTrainer
+    from sagemaker.train.configs import Compute, InputData
+
+    processing_instance_count = ParameterInteger(name="ProcessingInstanceCount", default_value=1)
+    instance_type = ParameterString(name="TrainingInstanceType", default_value="ml.m5.xlarge")
+    model_approval_status = ParameterString(name="ModelApprovalStatus", default_value="PendingManualApproval")
+    input_data = ParameterString(name="InputData", default_value=c.s3(*ABALONE_INPUT))
+    mse_threshold = ParameterFloat(name="MseThreshold", default_value=6.0)
+
+    def data_in(name, source, destination):
+        return ProcessingInput(input_name=name, s3_input=ProcessingS3Input(
+            s3_uri=source, local_path=destination, s3_data_type="S3Prefix", s3_input_mode="File"))
+
+    def data_out(name):
+        return ProcessingOutput(output_name=name, s3_output=ProcessingS3Output(
+            s3_uri=c.s3("abalone", name), local_path=f"/opt/ml/processing/{name}", s3_upload_mode="EndOfJob"))
+
+    sklearn_processor = ScriptProcessor(
+        image_uri=_image("sklearn", ABALONE_SKLEARN_VERSION, c, py_version="py3", instance_type="ml.m5.xlarge"),
+        command=["python3"], instance_type="ml.m5.xlarge", instance_count=processing_instance_count,
+        base_job_name="sklearn-abalone-process",
+        role=c.role, sagemaker_session=c.session)
+    step_process = ProcessingStep(name="AbaloneProcess", step_args=sklearn_processor.run(
+        inputs=[data_in("input", input_data, "/opt/ml/processing/input")],
+        outputs=[data_out(name) for name in ("train", "validation", "test", "batch")],
+        code=str(ABALONE / "preprocess.py")))
+
+    def output_of(name):
+        return step_process.properties.ProcessingOutputConfig.Outputs[name].S3Output.S3Uri
+
+    image_uri = _image("xgboost", ABALONE_IMAGE_VERSION, c)
+    xgb_train = ModelTrainer(
+        training_image=image_uri, compute=Compute(instance_type=instance_type, instance_count=1),
+        base_job_name="abalone-train", role=c.role, sagemaker_session=c.session,
+        hyperparameters={"objective": "reg:squarederror", "num_round": 50, "max_depth": 5, "eta": 0.2, "gamma": 4,
+                         "min_child_weight": 6, "subsample": 0.7})
+    step_train = TrainingStep(name="AbaloneTrain", step_args=xgb_train.train(input_data_config=[
+        InputData(channel_name="train", data_source=output_of("train"), content_type="text/csv"),
+        InputData(channel_name="validation", data_source=output_of("validation"), content_type="text/csv")]))
+
+    script_eval = ScriptProcessor(
+        image_uri=image_uri, command=["python3"], instance_type="ml.m5.xlarge", instance_count=1,
+        base_job_name="script-abalone-eval", role=c.role, sagemaker_session=c.session)
+    evaluation_report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
+    step_eval = ProcessingStep(name="AbaloneEval", property_files=[evaluation_report], step_args=script_eval.run(
+        inputs=[data_in("model", step_train.properties.ModelArtifacts.S3ModelArtifacts, "/opt/ml/processing/model"),
+                data_in("test", output_of("test"), "/opt/ml/processing/test")],
+        outputs=[data_out("evaluation")], code=str(ABALONE / "evaluate.py")))
+
+    model = ModelBuilder(s3_model_data_url=step_train.properties.ModelArtifacts.S3ModelArtifacts, image_uri=image_uri,
+                         sagemaker_session=c.session, role_arn=c.role)
+    step_create_model = ModelStep(name="AbaloneCreateModel", step_args=model.build())
+    transformer = Transformer(model_name=step_create_model.properties.ModelName, instance_type="ml.m5.xlarge",
+                              instance_count=1, output_path=c.s3("abalone", "transform"), accept="text/csv",
+                              assemble_with="Line", sagemaker_session=c.session)
+    step_transform = TransformStep(name="AbaloneTransform", step_args=transformer.transform(
+        data=output_of("batch"), content_type="text/csv", split_type="Line"))
+    model_metrics = ModelMetrics(model_statistics=MetricsSource(
+        s3_uri=c.s3("abalone", "evaluation", "evaluation.json"), content_type="application/json"))
+    step_register = ModelStep(name="AbaloneRegisterModel", step_args=model.register(
+        content_types=["text/csv"], response_types=["text/csv"], inference_instances=["ml.t2.medium", "ml.m5.xlarge"],
+        transform_instances=["ml.m5.xlarge"], model_package_group_name="AbaloneModelPackageGroupName",
+        approval_status=model_approval_status, model_metrics=model_metrics))
+    step_fail = FailStep(name="AbaloneMSEFail",
+                         error_message=Join(on=" ", values=["Execution failed due to MSE >", mse_threshold]))
+    cond_lte = ConditionLessThanOrEqualTo(left=JsonGet(step_name=step_eval.name, property_file=evaluation_report,
+                                                       json_path="regression_metrics.mse.value"), right=mse_threshold)
+    step_cond = ConditionStep(name="AbaloneMSECond", conditions=[cond_lte],
+                              if_steps=[step_register, step_create_model, step_transform], else_steps=[step_fail])
+    return Pipeline(name="AbalonePipeline", parameters=[processing_instance_count, instance_type, model_approval_status,
+                                                        input_data, mse_threshold],
+                    steps=[step_process, step_train, step_eval, step_cond], sagemaker_session=c.session)
+
+
+def build_into_store(name: str, store: Path) -> dict:
+    "The definition of the builder `name`, built offline, with what the SDK uploaded meanwhile copied into the local store."
+    with tempfile.TemporaryDirectory(prefix="corpus-") as folder:
+        return build_with_uploads(lambda session: BUILDERS[name](Corpus(session=session, folder=Path(folder))), store)
+
+
 # --- building ----------------------------------------------------------------------------------------------
 
 def build_corpus(names: list[str] | None = None) -> dict[str, dict]:
@@ -851,7 +986,7 @@ def build_with_uploads(make: Callable[[object], object], store: Path, bucket: st
     `store`, where `mlops run` finds it as SageMaker finds it in S3."""
     import logging
     import warnings
-    from mlops.offline import offline_aws, pipeline_session
+    from mlops.offline import offline_aws, pipeline_session, uploads_to_store
     logging.disable(logging.WARNING)
     try:
         with offline_aws(region), warnings.catch_warnings():
@@ -860,11 +995,7 @@ def build_with_uploads(make: Callable[[object], object], store: Path, bucket: st
             s3 = boto3.client("s3", region_name=region)
             s3.create_bucket(Bucket=bucket)
             definition = json.loads(make(pipeline_session({"ArtifactBucket": bucket})).definition())
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-                for item in page.get("Contents", []):
-                    path = store / bucket / item["Key"]
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+            uploads_to_store(store, bucket, region)
     finally:
         logging.disable(logging.NOTSET)
     return definition

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -28,10 +29,10 @@ from ..processes import run_command
 
 # %% auto #0
 __all__ = ['FRAMEWORKS', 'IMAGE_URI', 'FRAMEWORK_PINS', 'ENVS_SETTING', 'CACHE_SETTING', 'PIP_SCRIPT', 'NAMESPACE',
-           'MOUNTS_SETTING', 'MOUNT_SCRIPT', 'S3_ENDPOINT_SETTING', 'RESOURCE_CONFIG', 'FrameworkImage',
-           'image_uri_configs', 'framework_image', 'framework_release', 'framework_requirements', 'installed_release',
-           'this_python_matches', 'env_cache', 'env_folder', 'site_packages', 'this_python_sites', 'build_environment',
-           'framework_python', 'job_python', 'in_private_mounts', 'private_mounts_problem',
+           'MOUNTS_SETTING', 'MOUNT_SCRIPT', 'S3_ENDPOINT_SETTING', 'RESOURCE_CONFIG', 'JOB_TIME_NOTE',
+           'FrameworkImage', 'image_uri_configs', 'framework_image', 'framework_release', 'framework_requirements',
+           'installed_release', 'this_python_matches', 'env_cache', 'env_folder', 'site_packages', 'this_python_sites',
+           'build_environment', 'framework_python', 'job_python', 'in_private_mounts', 'private_mounts_problem',
            'FrameworkProcessingExecutor']
 
 # %% ../../../nbs/engine/executors/06_framework_processing.ipynb #f6a00007
@@ -275,6 +276,7 @@ def _mounts_probe() -> str | None:
 S3_ENDPOINT_SETTING = "MLOPS_S3_ENDPOINT_URL"  # an S3 endpoint serving the local store, for scripts that call S3 themselves
 # /opt/ml/config/resourceconfig.json, as the processing container contract shows it (one job runs here: one host)
 RESOURCE_CONFIG = {"current_host": "algo-1", "hosts": ["algo-1"]}
+JOB_TIME_NOTE = "the job's command ran"  # its line in log.txt: "[mlops] the job's command ran 1.23 s" (bench/xgboost_pipeline.py reads it)
 
 class FrameworkProcessingExecutor(ProcessingExecutor):
     "Processing in SageMaker's framework images: the ContainerEntrypoint under a local Python of the image's framework release."
@@ -323,8 +325,11 @@ class FrameworkProcessingExecutor(ProcessingExecutor):
                "PATH": f"{bin_folder}{os.pathsep}{env.get('PATH', os.environ.get('PATH', os.defpath))}"}
         if endpoint := os.environ.get(S3_ENDPOINT_SETTING):  # the local store has no S3 server of its own (yet)
             env.setdefault("AWS_ENDPOINT_URL_S3", endpoint)
+        def the_job():  # its own time in the log: what the container would spend (Python, its imports, the script)
+            started = time.perf_counter()
+            try: return run_command(command, folder, step.name, step.execution.processes, step.log, env)
+            finally: _log_note(step, f"{JOB_TIME_NOTE} {time.perf_counter() - started:.2f} s")
         try:
-            return run_job(step, outputs, places, job,
-                           lambda: run_command(command, folder, step.name, step.execution.processes, step.log, env))
+            return run_job(step, outputs, places, job, the_job)
         finally:
             shutil.rmtree(work, ignore_errors=True)
