@@ -187,3 +187,27 @@ def test_every_error_of_the_package_derives_from_one_base():
     errors = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert {"mlops.remote.aws.RemoteError", "mlops.definition.validate.DefinitionInvalid", "mlops.config.NotebookNotFound"} <= set(errors)
     assert not (outside := sorted(name for name, derives in errors.items() if not derives)), f"not an MlopsError: {outside}"
+
+
+# The one place a job, worker, kernel or server starts is mlops.engine.launch (a plain process); the dev server it may
+# hand a job to forks it (mlops.engine.forkserver). The one other process is a short read of git's metadata (files.py).
+STARTERS = {"subprocess": {"Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"},
+            "os": {"fork", "forkpty", "system", "popen", "posix_spawn", "posix_spawnp", "execv", "execve", "execvp",
+                   "execvpe", "execl", "execle", "execlp", "execlpe", "spawnv", "spawnve", "spawnl", "spawnle"},
+            "asyncio": {"create_subprocess_exec", "create_subprocess_shell"}, "pty": {"spawn", "fork"}}
+STARTS_PROCESSES = {"mlops/engine/launch.py": {"subprocess.Popen"}, "mlops/engine/forkserver.py": {"os.fork"},
+                    "mlops/files.py": {"subprocess.run"}}
+
+
+def process_starts(source: str) -> set[str]:
+    "The calls in `source` that start a process (`module.function`, as written)."
+    return {f"{node.func.value.id}.{node.func.attr}" for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+            and node.func.attr in STARTERS.get(node.func.value.id, ())}
+
+
+def test_one_place_starts_a_process():
+    found = {path.relative_to(PACKAGE.parent).as_posix(): starts for path in sorted(PACKAGE.rglob("*.py"))
+             if (starts := process_starts(path.read_text()))}
+    assert found == STARTS_PROCESSES
+    assert process_starts("import subprocess\nsubprocess.Popen(['x'])\nos.fork()") == {"subprocess.Popen", "os.fork"}
