@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 # %% auto #0
 __all__ = ['ENTRY_POINT_GROUP', 'STEP_IDENTITY', 'NOT_LOCAL', 'BUILT_IN_EXECUTORS', 'executors', 'StepIO', 'StepRun', 'Executor',
-           'identity_of', 'ExecutorRegistry']
+           'identity_of', 'ExecutorRegistry', 'training_output', 'TrainingExecutor']
 
 # %% ../../../nbs/engine/executors/00_executors.ipynb #bd508bdb
 @dataclass
@@ -170,6 +170,30 @@ class ExecutorRegistry:
         "The StepIO of a finished step (empty when no executor knows it)."
         executor = self.find(step_type, properties or {})
         return executor.describe(properties or {}) if executor and properties else StepIO()
+
+# %% ../../../nbs/engine/executors/00_executors.ipynb #215760d4
+def training_output(arguments: dict, job_name: str) -> str:
+    "Where SageMaker writes the training job `job_name`'s model.tar.gz and output.tar.gz: `<S3OutputPath>/<job>/output`."
+    from mlops.definition.expressions import as_text
+    return f"{as_text(arguments['OutputDataConfig']['S3OutputPath']).rstrip('/')}/{job_name}/output"
+
+class TrainingExecutor(Executor):
+    "A Training executor: its job's model uploaded where SageMaker puts it, and DescribeTrainingJob's properties."
+    step_type = "Training"
+
+    def completed(self, step: StepRun, model: Path, metrics: list[dict]) -> dict:
+        "The properties of the finished job of `step`, its `model` (a model.tar.gz) uploaded to the job's output."
+        job_name = step.execution.job_name(step.name)
+        model_uri = f"{training_output(step.arguments, job_name)}/model.tar.gz"
+        step.execution.store.upload(model, model_uri)
+        return {**step.arguments, "TrainingJobName": job_name, "TrainingJobStatus": "Completed",
+                "ModelArtifacts": {"S3ModelArtifacts": model_uri}, "FinalMetricDataList": metrics}
+
+    def describe(self, p: dict) -> StepIO:
+        return StepIO(inputs={c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in p.get("InputDataConfig", [])},
+                      outputs={"model": p["ModelArtifacts"]["S3ModelArtifacts"]} if "ModelArtifacts" in p else {},
+                      params={k: str(v) for k, v in (p.get("HyperParameters") or {}).items()},
+                      metrics={m["MetricName"]: float(m["Value"]) for m in p.get("FinalMetricDataList", [])})
 
 # %% ../../../nbs/engine/executors/00_executors.ipynb #f2bb4e49
 BUILT_IN_EXECUTORS = ("mlops.engine.executors.processing.ProcessingExecutor",

@@ -12,7 +12,7 @@ from pathlib import Path
 from ...definition.expressions import as_text
 from ...definition.rules import DEEPAR_CONTENT_TYPES, deepar_transform_problems
 from .. import StepError
-from . import Executor, StepIO, StepRun
+from . import Executor, StepIO, StepRun, TrainingExecutor
 from ..processes import run_command
 
 # %% auto #0
@@ -24,7 +24,7 @@ def is_deepar_image(image) -> bool:
     "Whether `image` is SageMaker's built-in forecasting-deepar image (or our local stand-in's name for it)."
     return isinstance(image, str) and "forecasting-deepar" in image
 
-class DeepARTrainingExecutor(Executor):
+class DeepARTrainingExecutor(TrainingExecutor):
     "Training with the forecasting-deepar image, run by the local DeepAR."
     step_type, runs = "Training", "the forecasting-deepar image (local DeepAR)"
 
@@ -47,18 +47,8 @@ class DeepARTrainingExecutor(Executor):
         if "test" in channels: command += ["--test", str(channels["test"])]
         run_command(command, folder, step.name, step.execution.processes, step.log,
                     {k: as_text(v) for k, v in args.get("Environment", {}).items()})
-        job_name = step.execution.job_name(step.name)
-        model_uri = f"{args['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{job_name}/output/model.tar.gz"
-        store.upload(folder / "model" / "model.tar.gz", model_uri)
         metrics = json.loads((folder / "output" / "metrics.json").read_text())
-        return {**args, "TrainingJobName": job_name, "TrainingJobStatus": "Completed",
-                "ModelArtifacts": {"S3ModelArtifacts": model_uri}, "FinalMetricDataList": metrics}
-
-    def describe(self, p: dict) -> StepIO:
-        return StepIO(inputs={c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in p.get("InputDataConfig", [])},
-                      outputs={"model": p["ModelArtifacts"]["S3ModelArtifacts"]} if "ModelArtifacts" in p else {},
-                      params={k: str(v) for k, v in p.get("HyperParameters", {}).items()},
-                      metrics={m["MetricName"]: float(m["Value"]) for m in p.get("FinalMetricDataList", [])})
+        return self.completed(step, folder / "model" / "model.tar.gz", metrics)
 
 # %% ../../../nbs/engine/executors/02_deepar.ipynb #2d977315
 def check_transform_request(arguments: dict):

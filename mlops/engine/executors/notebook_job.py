@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ...definition.expressions import as_text
 from .. import StepError
-from . import Executor, StepIO, StepRun
+from . import Executor, StepIO, StepRun, training_output
 from ..processes import run_command
 from ...files import atomic_write
 
@@ -59,7 +59,7 @@ def output_notebook_name(name: str) -> str:
 
 def output_uri(arguments: dict, job_name: str) -> str:
     "Where SageMaker puts a training job's `/opt/ml/output/data`: `<S3OutputPath>/<job>/output/output.tar.gz`."
-    return f"{as_text(arguments['OutputDataConfig']['S3OutputPath']).rstrip('/')}/{job_name}/output/output.tar.gz"
+    return f"{training_output(arguments, job_name)}/output.tar.gz"
 
 def upload_output(step: StepRun, data: Path, uri: str) -> None:
     "`data` (the job's `/opt/ml/output/data`) as the gzipped tar at `uri` in the local store, its files at the archive's root."

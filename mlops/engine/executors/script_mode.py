@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ...definition.expressions import as_text
 from .. import StepError
-from . import StepRun
+from . import StepRun, training_output
 from .framework import (FRAMEWORKS, _log_note, framework_image, framework_python, in_private_mounts, job_python,
                                                private_mounts_problem)
 from .processing import LOCAL_ARN
@@ -180,7 +180,7 @@ class ScriptModeTrainingExecutor(XGBoostTrainingExecutor):
             shutil.rmtree(work, ignore_errors=True)
         with open(log_path, encoding="utf-8", errors="replace") as log: log.seek(start); text = log.read()
         metrics = metrics_from_log(text, args["AlgorithmSpecification"].get("MetricDefinitions") or [])
-        output = f"{args['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{job_name}/output"
+        output = training_output(args, job_name)
         store.upload(pack_folder(base / "model", folder / "artifacts" / "model.tar.gz"), f"{output}/model.tar.gz")
         if any(p.is_file() for p in (base / "output" / "data").rglob("*")):
             store.upload(pack_folder(base / "output" / "data", folder / "artifacts" / "output.tar.gz"), f"{output}/output.tar.gz")

@@ -10,7 +10,7 @@ import sys
 
 from ...definition.expressions import as_text
 from .. import StepError
-from . import Executor, StepIO, StepRun
+from . import Executor, StepIO, StepRun, TrainingExecutor
 from .deepar import DeepARTransformExecutor, check_payloads, resolve_model
 from ..processes import run_command
 from ...xgboost.images import is_xgboost_image
@@ -26,7 +26,7 @@ def channel_problem(names: list[str]) -> str | None:
     if "train" not in names: return "Missing required channel: train"
     return next((f"Extraneous channel found: {n}" for n in names if n not in CHANNELS), None)
 
-class XGBoostTrainingExecutor(Executor):
+class XGBoostTrainingExecutor(TrainingExecutor):
     "Training with SageMaker's built-in XGBoost image (algorithm mode), run by the open-source xgboost."
     step_type, runs = "Training", "SageMaker's built-in XGBoost image (algorithm mode, the open-source xgboost)"
 
@@ -49,18 +49,8 @@ class XGBoostTrainingExecutor(Executor):
         if "validation" in channels: command += ["--validation", str(folder / "input" / "data" / "validation")]
         run_command(command, folder, step.name, step.execution.processes, step.log,
                     {k: as_text(v) for k, v in (args.get("Environment") or {}).items()})
-        job_name = step.execution.job_name(step.name)
-        model_uri = f"{args['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{job_name}/output/model.tar.gz"
-        store.upload(folder / "model" / "model.tar.gz", model_uri)
         metrics = json.loads((folder / "output" / "metrics.json").read_text())
-        return {**args, "TrainingJobName": job_name, "TrainingJobStatus": "Completed",
-                "ModelArtifacts": {"S3ModelArtifacts": model_uri}, "FinalMetricDataList": metrics}
-
-    def describe(self, p: dict) -> StepIO:
-        return StepIO(inputs={c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in p.get("InputDataConfig", [])},
-                      outputs={"model": p["ModelArtifacts"]["S3ModelArtifacts"]} if "ModelArtifacts" in p else {},
-                      params={k: str(v) for k, v in (p.get("HyperParameters") or {}).items()},
-                      metrics={m["MetricName"]: float(m["Value"]) for m in p.get("FinalMetricDataList", [])})
+        return self.completed(step, folder / "model" / "model.tar.gz", metrics)
 
 # %% ../../../nbs/engine/executors/05_xgboost.ipynb #d9b8ece2
 class XGBoostTransformExecutor(DeepARTransformExecutor):
