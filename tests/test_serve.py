@@ -171,3 +171,26 @@ def test_ctrl_c_stops_the_server_and_leaves_no_process(server):
     assert not left, command_lines(left)
     with pytest.raises(OSError):
         call(server["port"], "GET", "/ping")
+
+
+def test_sigterm_stops_the_server_even_while_it_loads(workspace, tmp_path):
+    "SIGTERM (what `docker stop` and SageMaker send a container) ends `mlops serve` as Ctrl+C does, at once, the model loaded or not."
+    port, marker = free_port(), uuid.uuid4().hex
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
+        process = subprocess.Popen([*MLOPS, "serve", VERSION, "--port", str(port)], cwd=workspace["root"], stdout=out, stderr=err,
+                                   env={**os.environ, **workspace["env"], MARKER: marker})
+    deadline = time.monotonic() + 60
+    while True:  # bound: /ping answers (503 while the model loads, then 200)
+        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()
+        try:
+            if call(port, "GET", "/ping")[0] in (200, 503): break
+        except OSError:
+            time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None: process.kill()
+    assert process.returncode == 0, (tmp_path / "stderr").read_text()
+    left = left_after(marker)
+    assert not left, command_lines(left)
