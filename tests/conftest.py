@@ -44,7 +44,7 @@ SPREAD = {f"tests/{name}.py" for name in (  # modules without module- or session
     "test_chapters_in_jupyter", "test_your_data", "test_new_step", "test_step_notebooks", "test_engine", "test_cli",
     "test_container_contract", "test_executor_entry_points", "test_features_bad_input", "test_framework_processing",
     "test_layout", "test_notebook_job", "test_render", "test_semantics", "test_service_rules")}
-SHARED = {"tests/test_tracking.py": "trained", "tests/test_events.py": "trained"}
+SHARED = {"tests/test_tracking.py": "trained", "tests/test_events.py": "trained", "tests/test_serve.py": "trained"}
 SLOWEST_FIRST = ["test_image_environment", "test_resume", "trained", "test_runner", "test_deepar", "test_your_data",
                  "test_forkserver", "test_step_notebooks", "test_refusals", "test_remote", "test_stack", "test_new_step"]
 

@@ -73,6 +73,7 @@ COMMANDS = {
     "events": "mlops.cli.events.events", "dag": "mlops.cli.dag.dag",
     "params": "mlops.cli.steps.params", "new-step": "mlops.cli.steps.new_step",
     "callback": "mlops.cli.callback.callback",
+    "serve": "mlops.cli.serve.serve", "predict": "mlops.cli.serve.predict",
 }
 
 class LazyGroup(click.Group):

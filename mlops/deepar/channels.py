@@ -113,17 +113,18 @@ def _read_bytes(path: Path) -> bytes:
         except (OSError, EOFError) as e: raise ChannelError(f"{path}: a damaged gzip file ({e}).", fix="re-create the file.") from None
     return data
 
-def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    "(line number, decoded object) for every non-blank line of a JSON Lines file (plain or gzipped)."
-    if _read_bytes(path)[:4] == b"PAR1":
-        raise ChannelError(f"{path.name}: a Parquet file where JSON Lines are expected (batch transform reads JSON Lines).",
+def read_json_lines(path: Path | bytes, name: str = "request") -> Iterator[tuple[int, Any]]:
+    "(line number, decoded object) for every non-blank line of a JSON Lines file (plain or gzipped), or of a request body (bytes, called `name`)."
+    data, where = (path, name) if isinstance(path, bytes) else (_read_bytes(path), path.name)
+    if data[:4] == b"PAR1":
+        raise ChannelError(f"{where}: a Parquet file where JSON Lines are expected (batch transform reads JSON Lines).",
                            fix="write one JSON object per line.")
-    for number, line in enumerate(_read_bytes(path).splitlines(), start=1):
+    for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip(): continue
         try: yield number, json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ChannelError(f"{path.name}, line {number}: not valid JSON ({e}).", fix="write one JSON object per line "
-                               f"(file {path}).") from None
+            raise ChannelError(f"{where}, line {number}: not valid JSON ({e}).", fix="write one JSON object per line"
+                               + ("." if isinstance(path, bytes) else f" (file {path}).")) from None
 
 # %% ../../nbs/deepar/02_channels.ipynb #703234f0
 def _plain(value):

@@ -24,7 +24,7 @@ from ..errors import MlopsError
 
 # %% auto #0
 __all__ = ['DEFAULT_INFERENCE_CONFIG', 'OUTPUT_TYPES', 'INFERENCE_CONFIG_ENV', 'InferenceRequestError', 'InferenceConfiguration',
-           'DeepARPredictor', 'load_model', 'predict', 'transform']
+           'DeepARPredictor', 'load_model', 'predict', 'prediction_lines', 'transform']
 
 # %% ../../nbs/deepar/06_predictor.ipynb #e561f5eb
 class InferenceRequestError(MlopsError, ValueError):
@@ -140,9 +140,13 @@ class DeepARPredictor:
             raise InferenceRequestError("request: must be a JSON object with an \"instances\" array (and an optional "
                                         "\"configuration\").")
         configuration = InferenceConfiguration.from_json(request.get("configuration"))
-        series = [self.parse_instance(obj, f"instances[{k}]") for k, obj in enumerate(request["instances"])]
+        return {"predictions": self.predictions([(f"instances[{k}]", obj) for k, obj in enumerate(request["instances"])], configuration)}
+
+    def predictions(self, instances: Sequence[tuple[str, object]], configuration: InferenceConfiguration) -> list[dict]:
+        "DeepAR's prediction objects for (where, instance) pairs, in order: what an endpoint and a batch transform answer."
+        series = [self.parse_instance(obj, where) for where, obj in instances]
         samples = self.forecast(series, configuration.num_samples) if series else []
-        return {"predictions": [_predictions(s, configuration) for s in samples]}
+        return [_predictions(s, configuration) for s in samples]
 
 # %% ../../nbs/deepar/06_predictor.ipynb #9614fd60
 _LOADED: dict[tuple, DeepARPredictor] = {}
@@ -164,6 +168,10 @@ def predict(model_dir: str | Path, request: Mapping | str | bytes) -> dict:
 # %% ../../nbs/deepar/06_predictor.ipynb #2e8b1144
 INFERENCE_CONFIG_ENV = "DEEPAR_INFERENCE_CONFIG"
 
+def prediction_lines(predictions: Sequence[dict]) -> bytes:
+    "Predictions as JSON Lines, one per instance, in order: batch transform's output (and an endpoint's JSON Lines answer)."
+    return b"".join(json.dumps(p).encode() + b"\n" for p in predictions)
+
 def transform(model_dir: str | Path, input_path: str | Path, output_dir: str | Path,
               configuration: Mapping | str | None = None) -> list[Path]:
     "Batch transform: a `<file>.out` of prediction lines for every JSON Lines file under `input_path`; return the outputs."
@@ -177,9 +185,7 @@ def transform(model_dir: str | Path, input_path: str | Path, output_dir: str | P
     for f in files:
         try: lines = list(read_json_lines(f))
         except ChannelError as e: raise InferenceRequestError(e.message, fix=e.fix) from None
-        series = [model.parse_instance(obj, f"{f.name}, line {n}") for n, obj in lines]
-        samples = model.forecast(series, configuration.num_samples) if series else []
-        body = b"".join(json.dumps(_predictions(s, configuration)).encode() + b"\n" for s in samples)
+        body = prediction_lines(model.predictions([(f"{f.name}, line {n}", obj) for n, obj in lines], configuration))
         relative = f.name if input_path.is_file() else f.relative_to(input_path).as_posix()
         outputs.append(atomic_write(output_dir / f"{relative}.out", body))
     return outputs
