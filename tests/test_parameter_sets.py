@@ -123,3 +123,27 @@ def test_params_write_gives_the_defaults_back(tmp_path):
     assert parameter_set.name == "defaults"
     assert resolve_parameters(definition, parameter_set.values) == resolve_parameters(definition, {})
     assert set(parameter_set.values) == {p["Name"] for p in definition["Parameters"]} - {"InputDataUri"}
+
+
+def test_start_sends_the_sets_values_and_names_it_in_the_description(moto_server, tmp_path):
+    "`mlops start --params FILE` against a real moto server: the set's values (with -p over them) in StartPipelineExecution."
+    from mlops.definition.templates import example_values
+    moto_server.post("/moto-api/reset")
+    moto_server.client("s3").create_bucket(Bucket=example_values()["ArtifactBucket"])
+    values = tmp_path / "dev.json"
+    values.write_text(json.dumps(example_values()))
+    assert moto_server.run("deploy", "--values", values).returncode == 0
+    parameter_set = tmp_path / "weekly.yaml"
+    parameter_set.write_text("Epochs: 5\nTrainingInstanceType: ml.c5.xlarge\nQualityThreshold: 0.25\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("Epochs: 5\nEpoch: 2\n")
+    refused = moto_server.run("start", "DeepARTraining", "--params", bad)
+    assert refused.returncode == 2 and "parameter set" in refused.stderr and "unknown parameter Epoch." in refused.stderr, refused.stderr
+    started = moto_server.run("start", "DeepARTraining", "--params", parameter_set, "-p", "Epochs=7")
+    assert started.returncode == 0, started.stderr
+    sagemaker = moto_server.client("sagemaker")
+    arn = started.stdout.strip()
+    sent = sagemaker.list_pipeline_parameters_for_execution(PipelineExecutionArn=arn)["PipelineParameters"]
+    assert {p["Name"]: p["Value"] for p in sent} == {"Epochs": "7", "TrainingInstanceType": "ml.c5.xlarge", "QualityThreshold": "0.25"}
+    described = sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn).get("PipelineExecutionDescription")
+    assert described == f"parameter set weekly (sha256 {hashlib.sha256(parameter_set.read_bytes()).hexdigest()})"
