@@ -241,7 +241,7 @@ def read_parameter_set(path, definition: dict) -> ParameterSet:
     then `parameter_problems`); `ParameterError` naming the file, the parameter and the fix."""
     import yaml
     from pathlib import Path
-    from ..files import sha256
+    from mlops.files import sha256
     path, write = Path(path), "`mlops params --write FILE` writes the defaults as a set to start from"
     if not path.is_file(): raise ParameterError(f"parameter set {path} not found.", fix=f"check the path; {write}.")
     try: document = json.loads(path.read_text()) if path.suffix.lower() == ".json" else yaml.safe_load(path.read_text())

@@ -37,7 +37,7 @@ def start(pipeline: str, parameters: dict[str, str] | None = None, endpoint_url:
     uploaded under a content-addressed key (`data_uri`) and given as `InputDataUri`. `parameter_set`: a parameter set's file
     (YAML or JSON), checked against the deployed definition, its values under `parameters`, its name and digest the
     execution's `PipelineExecutionDescription`."""
-    from ..definition.parameters import parameter_set_description, read_parameter_set
+    from mlops.definition.parameters import parameter_set_description, read_parameter_set
     sagemaker = aws_client("sagemaker", endpoint_url)
     parameters, described = dict(parameters or {}), None
     if data is not None and "InputDataUri" in parameters:
