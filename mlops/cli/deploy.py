@@ -99,14 +99,16 @@ def deploy(values_path: Path, pipeline: str | None, templates_dir: Path | None, 
 @click.command()
 @click.argument("pipeline")
 @click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE",
-              help="a pipeline parameter for this execution (repeatable)")
+              help="a pipeline parameter for this execution (repeatable; over --params)")
+@click.option("--params", "parameter_set", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="a parameter set: YAML or JSON of NAME: VALUE (`mlops params --write FILE` writes the defaults)")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
               help="a local data file: uploaded under a new key for its content and given as InputDataUri")
 @click.option("--endpoint-url", help="API endpoint  [default: AWS_ENDPOINT_URL, else AWS]")
-def start(pipeline: str, parameters: tuple[str, ...], data: Path | None, endpoint_url: str | None):
+def start(pipeline: str, parameters: tuple[str, ...], parameter_set: Path | None, data: Path | None, endpoint_url: str | None):
     "Start an execution of a deployed PIPELINE (training, inference or its SageMaker name); prints the execution ARN (for `mlops watch`)."
     from mlops.remote.executions import start as start_execution
-    arn = start_execution(sagemaker_name(pipeline), assignments(parameters), endpoint_url, data)
+    arn = start_execution(sagemaker_name(pipeline), assignments(parameters), endpoint_url, data, parameter_set)
     console.print(arn, markup=False, soft_wrap=True)
 
 # %% ../../nbs/cli/03_deploy.ipynb #700db6e9

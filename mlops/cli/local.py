@@ -16,7 +16,7 @@ from ..config import FORECAST, mlops_home
 
 # %% auto #0
 __all__ = ['demo_data_command', 'data_notes', 'features', 'ProgressView', 'show_execution_summary', 'checked_definition',
-           'lambda_map', 'exit_quickly', 'run', 'runs', 'status', 'logs', 'train_deepar', 'dev_server']
+           'values_of_set', 'lambda_map', 'exit_quickly', 'run', 'runs', 'status', 'logs', 'train_deepar', 'dev_server']
 
 # %% ../../nbs/cli/01_local.ipynb #b49a2cba
 @click.command("demo-data")
@@ -215,6 +215,23 @@ def checked_definition(path: Path, parameters: dict | None = None, require_value
              fix=escape(f"`mlops validate {path}` lists every problem; render and fill one with `mlops render` and `mlops fill`."))
     return definition
 
+# %% ../../nbs/cli/01_local.ipynb #7c41d2e8
+def values_of_set(path: Path, parameters: dict, pipeline: str = "training", definition: Path | None = None) -> tuple[dict, dict]:
+    """(the set's values with the `-p` `parameters` over them, the set's record) of the parameter set in `path`, checked
+    against the pipeline's declarations (`definition`: a definition file instead of the project's `pipeline`); exit 2 if bad."""
+    from rich.markup import escape
+    from mlops.definition.parameters import ParameterError, read_parameter_set
+    if definition is not None:
+        from mlops.definition.validate import DefinitionInvalid, load_definition
+        try: document = load_definition(definition)
+        except DefinitionInvalid: document = checked_definition(definition)  # its own message, exit 2
+    else:
+        from mlops.runner import local_definition
+        document = local_definition(pipeline)
+    try: found = read_parameter_set(path, document)
+    except ParameterError as e: fail(escape(e.message + " Nothing was run."), 2, fix=escape(e.fix) if e.fix else None)
+    return {**found.values, **parameters}, found.record
+
 # %% ../../nbs/cli/01_local.ipynb #1a2b3c4d
 def lambda_map(pairs) -> dict:
     "`--lambda FUNCTION=module:function` options over `lambdas.json` of the working directory: each function's handler; exit 2 if malformed."
@@ -244,7 +261,9 @@ def exit_quickly(code: int):
 # %% ../../nbs/cli/01_local.ipynb #b71d13e0
 @click.command()
 @click.option("--pipeline", type=PIPELINE, default="training", show_default=True, help=PIPELINE_HELP)
-@click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE", help="pipeline parameter (repeatable)")
+@click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE", help="pipeline parameter (repeatable; over --params)")
+@click.option("--params", "parameter_set", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="a parameter set: YAML or JSON of NAME: VALUE (`mlops params --write FILE` writes the defaults)")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), help="input CSV/Parquet; default: the demo data")
 @click.option("--definition", type=click.Path(dir_okay=False, path_type=Path), help="run this definition JSON instead (already filled)")
 @click.option("--max-parallel", default=1, show_default=True, help="steps that may run at the same time")
@@ -254,7 +273,7 @@ def exit_quickly(code: int):
 @click.option("--reference", metavar="ID", help="execution whose outputs the other steps take")
 @click.option("--lambda", "lambdas", multiple=True, metavar="FUNCTION=module:function",
               help="the local handler of a Lambda step's function (its ARN or name; repeatable; over lambdas.json)")
-def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, steps, reference, lambdas):
+def run(pipeline, parameters, parameter_set, data, definition, max_parallel, no_cache, resume, steps, reference, lambdas):
     "Run a pipeline on this machine: the same definition as on SageMaker, no AWS, no Docker."
     import json
     from mlops.runner import run as run_pipeline, run_local
@@ -263,6 +282,10 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
     parameters = assignments(parameters)
     options = dict(max_parallel=max_parallel, use_cache=not no_cache, resume=resume, reference=reference,
                    steps=[s.strip() for s in steps.split(",")] if steps else None)
+    if parameter_set is not None:
+        if resume: fail("--params starts an execution; a resumed one keeps the parameters it started with.", 2,
+                        fix="leave --params out with --resume.")
+        parameters, options["parameter_set"] = values_of_set(parameter_set, parameters, pipeline, definition)
     if definition is not None:
         from mlops.definition.parameters import check_parameters
         document = checked_definition(definition, parameters, require_values=not resume)
@@ -282,10 +305,11 @@ def run(pipeline, parameters, data, definition, max_parallel, no_cache, resume, 
 def runs(limit):
     "List local executions, newest first."
     from mlops.engine.records import Records
-    table = Table("execution", "pipeline", "status", "started", "duration", "failure reason", title_justify="left")
+    table = Table("execution", "pipeline", "status", "started", "duration", "parameter set", "failure reason", title_justify="left")
     for e in Records(mlops_home() / "runs.db").executions(limit):
         duration = f"{e['ended'] - e['started']:.0f} s" if e["ended"] else ""
-        table.add_row(e["id"], e["pipeline"], e["status"], format_time(e["started"]), duration, e["failure_reason"] or "")
+        named = (e["options"].get("parameter_set") or {}).get("name", "")  # `mlops run --params FILE`: the file's stem
+        table.add_row(e["id"], e["pipeline"], e["status"], format_time(e["started"]), duration, named, e["failure_reason"] or "")
     console.print(table)
 
 # %% ../../nbs/cli/01_local.ipynb #2aae013b

@@ -19,12 +19,19 @@ __all__ = ['params', 'step_notebook_text', 'nbformat_name', 'new_step']
 @click.command()
 @click.option("--pipeline", type=click.Choice(["training", "inference"]), default="training", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the table as JSON")
-def params(pipeline, as_json):
+@click.option("--write", "write_to", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="write the defaults as a parameter set (YAML, each meaning a comment) for `mlops run --params FILE`")
+def params(pipeline, as_json, write_to):
     "List a pipeline's parameters: type, default, allowed values and meaning."
     import json
     from rich.markup import escape
-    from mlops.definition.parameters import parameter_table
-    from mlops.runner import local_definition
+    from mlops.definition.parameters import parameter_set_text, parameter_table
+    from mlops.runner import PIPELINES, local_definition
+    if write_to is not None:
+        from mlops.files import atomic_write
+        atomic_write(write_to, parameter_set_text(local_definition(pipeline), PIPELINES[pipeline]))
+        console.print(f"wrote the {pipeline} pipeline's defaults to {write_to}: `mlops run --params {write_to}`", markup=False, soft_wrap=True)
+        return
     rows = parameter_table(local_definition(pipeline))
     if as_json:
         console.print_json(json.dumps(rows))

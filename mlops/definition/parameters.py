@@ -9,9 +9,10 @@ import json
 from ..errors import MlopsError
 
 # %% auto #0
-__all__ = ['PIPELINE_TYPES', 'NO_VALUE', 'PARAMETER_RULES', 'COLUMN_PARAMETERS', 'PARAMETER_MEANINGS', 'ParameterError', 'coerce',
-           'or_empty', 'declared_parameters', 'resolve_parameters', 'execution_parameters', 'parameter_problems',
-           'check_parameters', 'parameter_table', 'parse_assignments']
+__all__ = ['PIPELINE_TYPES', 'NO_VALUE', 'PARAMETER_RULES', 'COLUMN_PARAMETERS', 'PARAMETER_MEANINGS', 'LOCATED_BY_RUN',
+           'ParameterError', 'coerce', 'or_empty', 'declared_parameters', 'resolve_parameters', 'execution_parameters',
+           'parameter_problems', 'check_parameters', 'parameter_table', 'parse_assignments', 'ParameterSet',
+           'parameter_set_description', 'read_parameter_set', 'parameter_set_text']
 
 # %% ../../nbs/definition/03_parameters.ipynb #3b780783
 class ParameterError(MlopsError, ValueError):
@@ -212,3 +213,80 @@ def parse_assignments(assignments) -> dict[str, str]:
             raise ParameterError(f"-p {name.strip()} is given twice.", fix="give each parameter once.")
         parameters[name.strip()] = value
     return parameters
+
+# %% ../../nbs/definition/03_parameters.ipynb #5e7a1c90
+from dataclasses import dataclass
+
+@dataclass(frozen=True)
+class ParameterSet:
+    "A named set of pipeline parameter values, read from a file: its name (the file's stem), the file's sha256, the values."
+    name: str
+    sha256: str
+    values: dict
+
+    @property
+    def record(self) -> dict:
+        "What an execution keeps of the set: its name and digest."
+        return {"name": self.name, "sha256": self.sha256}
+
+def parameter_set_description(record: dict | None) -> str | None:
+    """The execution's description naming its parameter set (`record`: name and sha256), or None: StartPipelineExecution's
+    `PipelineExecutionDescription` (at most 3072 characters, botocore shape `PipelineExecutionDescription`), which
+    SageMaker's execution status change event carries as `pipelineExecutionDescription` (the event's fields:
+    https://docs.aws.amazon.com/cdk/api/v2/python/aws_cdk.mixins_preview.aws_sagemaker.events/SageMakerModelBuildingPipelineExecutionStatusChange.html)."""
+    return f"parameter set {record['name']} (sha256 {record['sha256']})" if record else None
+
+def read_parameter_set(path, definition: dict) -> ParameterSet:
+    """The parameter set in `path` (YAML or JSON: parameter name → value), each value checked as `-p` checks it (`coerce`,
+    then `parameter_problems`); `ParameterError` naming the file, the parameter and the fix."""
+    import yaml
+    from pathlib import Path
+    from mlops.files import sha256
+    path, write = Path(path), "`mlops params --write FILE` writes the defaults as a set to start from"
+    if not path.is_file(): raise ParameterError(f"parameter set {path} not found.", fix=f"check the path; {write}.")
+    try: document = json.loads(path.read_text()) if path.suffix.lower() == ".json" else yaml.safe_load(path.read_text())
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError) as e:
+        mark, line = getattr(e, "problem_mark", None), getattr(e, "lineno", None)  # YAML's and JSON's position of the problem
+        line = mark.line + 1 if mark is not None else line
+        what = getattr(e, "problem", None) or getattr(e, "msg", None) or type(e).__name__
+        first = f"line {line}: {what}" if line else what
+        raise ParameterError(f"parameter set {path} is not {'JSON' if path.suffix.lower() == '.json' else 'YAML or JSON'}: {first}.",
+                             fix=f"write one NAME: VALUE per line, e.g. Epochs: 20; {write}.") from None
+    if not isinstance(document, dict):
+        raise ParameterError(f"parameter set {path} is not a mapping of parameter names to values (it holds "
+                             f"{'nothing' if document is None else 'a ' + type(document).__name__}).",
+                             fix=f"write one NAME: VALUE per line, e.g. Epochs: 20; {write}.")
+    declared = declared_parameters(definition)
+    if unknown := sorted(map(str, set(document) - set(declared))):
+        raise ParameterError(f"parameter set {path}: unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}.",
+                             fix=f"remove {'them' if len(unknown) > 1 else 'it'} or correct the name; the pipeline declares: {', '.join(declared)}.")
+    values = {}
+    for name, value in document.items():
+        if value is None:
+            raise ParameterError(f"parameter set {path}: parameter {name} has no value.",
+                                 fix=f"give {name} a value in {path}, or remove the line to take its default.")
+        try: values[name] = coerce(name, value, declared[name].get("Type", "String"))
+        except ParameterError as e: raise ParameterError(f"parameter set {path}: {e.message}", fix=f"change {name} in {path}.") from None
+    defaults = parameter_problems(definition, resolve_parameters(definition, {}))  # problems of the defaults are not the set's
+    if problems := [p for p in parameter_problems(definition, resolve_parameters(definition, values)) if p not in defaults]:
+        raise ParameterError(f"parameter set {path}: " + "; ".join(problems),
+                             fix=f"change the values named above in {path} (`mlops params` lists what each one allows).")
+    return ParameterSet(path.stem, sha256(path), values)
+
+LOCATED_BY_RUN = ("InputDataUri",)  # left as a comment in a written set: `mlops run` stages the data and sets it
+
+def parameter_set_text(definition: dict, pipeline: str = "the pipeline") -> str:
+    """A parameter set of `definition`'s defaults, in YAML: each parameter's meaning (`PARAMETER_MEANINGS`) and allowed values
+    as a comment above it; `LOCATED_BY_RUN` and parameters without a default as comments (read back: the defaults)."""
+    import yaml
+    lines = [f"# parameters of {pipeline}, at their defaults: change what you tune, remove what you leave to the default.",
+             "# mlops run --params THIS_FILE (-p NAME=VALUE overrides a value of the set)"]
+    for row in parameter_table(definition):
+        lines.append("")
+        if row["meaning"]: lines.append(f"# {row['meaning']}")
+        if row["allowed"]: lines.append(f"# allowed: {row['allowed']}")
+        if row["default"] is None: lines.append(f"# {row['name']}:  (no default: give it a value)")
+        elif row["name"] in LOCATED_BY_RUN:  # where the data is: a local run stages --data (or the demo data) there
+            lines.append(f"# {row['name']}: {row['default']}  (locally: mlops run --data FILE)")
+        else: lines.append(yaml.safe_dump({row["name"]: row["default"]}, default_flow_style=False, allow_unicode=True).rstrip("\n"))
+    return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from ..definition.parameters import parameter_set_description
 from .execution import Event
 from .records import Records
 
@@ -112,7 +113,8 @@ class EventWriter:
         if known is None or event.kind == "execution-started":
             row = Records(self.home / "runs.db").execution(event.execution_id) or {}
             known = {"pipeline": event.details.get("pipeline") or row.get("pipeline"), "started": row.get("started") or time.time(),
-                     "status": None, "steps": {}, "types": {}}
+                     "status": None, "steps": {}, "types": {},
+                     "description": parameter_set_description(event.details.get("parameter_set") or row.get("options", {}).get("parameter_set"))}
             if event.details.get("resumed"):  # what the file says it was; what a killed process left Executing is Stopped
                 for e in read_events(self.path, event.execution_id):
                     d = e["detail"]
@@ -130,7 +132,7 @@ class EventWriter:
         def execution_line(status, ended=None):
             detail = {"currentPipelineExecutionStatus": status, "previousPipelineExecutionStatus": known["status"],
                       "executionStartTime": iso_time(known["started"]), "executionEndTime": iso_time(ended) if ended else None,
-                      "pipelineExecutionDisplayName": event.execution_id}
+                      "pipelineExecutionDisplayName": event.execution_id, "pipelineExecutionDescription": known["description"]}
             known["status"] = status
             return sagemaker_event(EXECUTION_STATUS_CHANGE, known["pipeline"], event.execution_id, detail, now)
         def step_line(name, type, status, started=None, ended=None, **extra):

@@ -53,7 +53,8 @@ class Event:
     execution_id: str
     step: StepResult | None = None  # step-* events
     line: str | None = None  # step-log; cache-warning: the message for a person
-    details: dict = field(default_factory=dict)  # execution-started: pipeline, parameters, definition_sha256, resumed, home;
+    details: dict = field(default_factory=dict)  # execution-started: pipeline, parameters, definition_sha256, resumed, home,
+                                                 # parameter_set (name and sha256, or None);
                                                  # execution-ended: status, failure_reason; cache-warning: uri;
                                                  # step-waiting (a Callback step): token, `line` the command that answers it
 

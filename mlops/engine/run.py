@@ -243,13 +243,17 @@ def _schedule(state: ExecutionState, plan: Plan, max_parallel: int, use_cache: b
 def run_definition(definition: dict, parameters: dict | None = None, *, pipeline: str | None = None,
                    home: str | Path | None = None, max_parallel: int = 1, use_cache: bool = True,
                    resume: str | None = None, steps: list[str] | None = None, reference: str | None = None,
-                   listeners: list[Callable[[Event], None]] = (), registry=None, lambdas: dict | None = None) -> Execution:
+                   listeners: list[Callable[[Event], None]] = (), registry=None, lambdas: dict | None = None,
+                   parameter_set: dict | None = None) -> Execution:
     """Run a pipeline definition locally; the finished `Execution` (a failed step raises nothing: see its status).
     `resume`: continue that execution, in this process only, with its own parameters, options and start time
     (`definition`, if given, must be the one it started with). `lambdas`: the local handler of each Lambda function, by
-    ARN or name (`mlops.engine.executors.lambdas.lambda_handlers`; kept with the execution, so that a resume calls the same)."""
+    ARN or name (`mlops.engine.executors.lambdas.lambda_handlers`; kept with the execution, so that a resume calls the same).
+    `parameter_set`: the name and sha256 of the parameter set the values came from (`ParameterSet.record`), kept with the
+    execution's options and told in its execution-started event."""
     home = (Path(home) if home else mlops_home()).resolve()  # steps run in their own folders
-    options = {"max_parallel": max_parallel, "use_cache": use_cache, **({"lambdas": lambdas} if lambdas else {})}
+    options = {"max_parallel": max_parallel, "use_cache": use_cache, **({"lambdas": lambdas} if lambdas else {}),
+               **({"parameter_set": parameter_set} if parameter_set else {})}
     if resume:
         if Records(home / "runs.db").execution(resume) is None:
             raise DefinitionNotRunnable(f"no execution {resume!r}.", fix="pick one from `mlops runs`.")
@@ -283,7 +287,7 @@ def _execute(state: ExecutionState, specs, options: dict, resume, steps, referen
         state.records.start_execution(execution_id, state.pipeline, state.context.parameters, digest, reference, options)
     try:
         state.emit("execution-started", pipeline=state.pipeline, parameters=state.context.parameters, definition_sha256=digest,
-                   resumed=bool(resume), home=state.home)
+                   resumed=bool(resume), home=state.home, parameter_set=options.get("parameter_set"))
         plan = Plan(specs, steps)
         for result in _reused(state, specs, resume, steps, reference):
             state.context.steps[result.name] = plan.finished[result.name] = result.properties or {}

@@ -31,17 +31,25 @@ def data_uri(definition: dict, data, parameter: str = "InputDataUri") -> str:
     try: return content_key(f"s3://{default[5:].split('/', 1)[0]}/data", data)
     except FileNotFoundError: raise RemoteError(f"data file not found: {data}.", fix="check the path.") from None
 
-def start(pipeline: str, parameters: dict[str, str] | None = None, endpoint_url: str | None = None, data=None) -> str:
+def start(pipeline: str, parameters: dict[str, str] | None = None, endpoint_url: str | None = None, data=None,
+          parameter_set=None) -> str:
     """Start an execution of the deployed `pipeline` with `parameters` (name → string value); its ARN. `data`: a local file,
-    uploaded under a content-addressed key (`data_uri`) and given as `InputDataUri`."""
+    uploaded under a content-addressed key (`data_uri`) and given as `InputDataUri`. `parameter_set`: a parameter set's file
+    (YAML or JSON), checked against the deployed definition, its values under `parameters`, its name and digest the
+    execution's `PipelineExecutionDescription`."""
+    from mlops.definition.parameters import parameter_set_description, read_parameter_set
     sagemaker = aws_client("sagemaker", endpoint_url)
-    parameters = dict(parameters or {})
+    parameters, described = dict(parameters or {}), None
     if data is not None and "InputDataUri" in parameters:
         raise RemoteError("give the data once: --data FILE or -p InputDataUri=URI, not both.")
     with aws_errors(endpoint_url):
         stored = describe(sagemaker.describe_pipeline, f"no pipeline named {pipeline!r} at {describe_endpoint(endpoint_url)}. "
                           "Fix: run `mlops deploy` first, or use the name it printed.", PipelineName=pipeline)
         definition = json.loads(stored["PipelineDefinition"])
+        if parameter_set is not None:
+            try: found = read_parameter_set(parameter_set, definition)
+            except ParameterError as e: raise RemoteError(e.message + f" {pipeline} was not started.", fix=e.fix) from None
+            parameters, described = {**{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in found.values.items()}, **parameters}, parameter_set_description(found.record)
         if data is not None:
             uri = parameters["InputDataUri"] = data_uri(definition, data)
         try:
@@ -56,7 +64,8 @@ def start(pipeline: str, parameters: dict[str, str] | None = None, endpoint_url:
             from pathlib import Path
             bucket, key = uri[5:].split("/", 1)
             aws_client("s3", endpoint_url).put_object(Bucket=bucket, Key=key, Body=Path(data).read_bytes())
-        request = {"PipelineName": pipeline, **({"PipelineParameters": pipeline_parameters} if pipeline_parameters else {})}
+        request = {"PipelineName": pipeline, **({"PipelineParameters": pipeline_parameters} if pipeline_parameters else {}),
+                   **({"PipelineExecutionDescription": described} if described else {})}
         return sagemaker.start_pipeline_execution(**request)["PipelineExecutionArn"]
 
 # %% ../../nbs/remote/03_executions.ipynb #810d8a2e

@@ -93,7 +93,8 @@ class ExecutionTracker:
         if event.kind == "execution-started":
             self.execution_id, self.pipeline, started = event.execution_id, event.details["pipeline"], time.time()
             self.resumed = event.details["resumed"]  # only a resumed execution can have registered a version already
-            self._submit(self._start, event.details["parameters"], event.details["definition_sha256"], event.details["resumed"], started)
+            self._submit(self._start, event.details["parameters"], event.details["definition_sha256"], event.details["resumed"], started,
+                         event.details.get("parameter_set"))
         elif event.kind == "step-log" and event.step is not None and (point := self._metric_of_line(event.line or "")):
             self._history.setdefault(event.step.name, []).append((point["name"], point["epoch"], point["value"], time.time()))
         elif event.kind in ("step-succeeded", "step-failed", "step-cached"):
@@ -102,7 +103,8 @@ class ExecutionTracker:
             self.finish(event.details["status"], event.details.get("failure_reason"))
 
 # %% ../../nbs/tracking/03_tracker.ipynb #1fb5cf7c
-def _start(self: ExecutionTracker, parameters: dict, definition_sha256: str, resumed: bool, started: float):
+def _start(self: ExecutionTracker, parameters: dict, definition_sha256: str, resumed: bool, started: float,
+           parameter_set: dict | None = None):
     c = self.client  # first: it waits for the preload's import of MLflow (two threads importing its protos at once fail)
     from mlflow.entities import Param
     from mlops.tracking.lineage import execution_run
@@ -119,6 +121,8 @@ def _start(self: ExecutionTracker, parameters: dict, definition_sha256: str, res
     tags = {EXECUTION_TAG: self.execution_id, "mlops.pipeline": self.pipeline, "mlops.version": code["mlops_version"],
             "mlops.git_commit": code["git_commit"], "mlops.git_dirty": str(code["git_dirty"]).lower(),
             "mlflow.source.git.commit": code["git_commit"], "mlops.definition_sha256": definition_sha256}
+    if parameter_set:  # the named set the values came from (`mlops run --params FILE`)
+        tags.update({"mlops.parameter_set": parameter_set["name"], "mlops.parameter_set_sha256": parameter_set["sha256"]})
     input_uri = parameters.get("InputDataUri")
     if (data := self.local_path(input_uri)) is not None and data.exists():
         tags.update({f"mlops.input_data.{k}": str(v) for k, v in data_facts(data, input_uri).items()})
