@@ -234,3 +234,25 @@ def test_missing_credentials_are_one_clear_error(server, values_file):
     assert_one_clear_error(server.run("deploy", "--values", values_file, env=env), "no usable AWS credentials", "AWS_PROFILE")
     assert_one_clear_error(server.run("start", TRAINING, env=env), "no usable AWS credentials")
     assert not any(a.startswith("SageMaker.Create") or a.startswith("S3 PUT") for a in server.actions())
+
+
+@pytest.mark.parametrize("parameter, value, fix", [
+    ("ItemIdColumn", "", "give those parameters other defaults in the pipeline code, then run `mlops render`."),
+    ("step name", "x" * 65, "correct what they name: the pipeline code (then run `mlops render`) or a value of the values file.")])
+def test_a_refused_definition_names_where_its_fix_is(values_file, tmp_path, parameter, value, fix):
+    "A default that a start would be refused for is the pipeline code's to change; the values file's values are checked as it fills."
+    from mlops.remote.aws import RemoteError
+    from mlops.remote.deploy import filled_definitions
+    changed, values = tmp_path / "templates", tmp_path / "values.json"
+    shutil.copytree(TEMPLATES, changed)
+    template = json.loads((changed / TEMPLATE_FILES[TRAINING]).read_text())
+    given = json.loads(values_file.read_text())
+    if parameter == "step name":  # longer than StepName's 64 characters (every value the file gives is checked when filled)
+        template["Steps"][-1]["Name"] = value
+    else:  # an empty String where a container argument needs a value (CreateProcessingJob refuses it)
+        next(p for p in template["Parameters"] if p["Name"] == parameter)["DefaultValue"] = value
+    (changed / TEMPLATE_FILES[TRAINING]).write_text(json.dumps(template, indent=2))
+    values.write_text(json.dumps(given))
+    with pytest.raises(RemoteError) as refused:
+        filled_definitions(values, TRAINING, changed)
+    assert refused.value.fix == fix, refused.value

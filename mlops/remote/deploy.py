@@ -91,9 +91,11 @@ def filled_definitions(values_path: str | Path, pipeline: str | None = None,
         except FillError as e:
             raise RemoteError(f"values file {values_path}: {e}", fix="correct the values file "
                               "(every key with its meaning and an example: templates/keys.json).") from None
-        if errors := validate_definition(filled[name]):
+        if errors := validate_definition(filled[name]):  # a refused default comes from the pipeline code, not the values
+            defaults = all(e.check == "start" for e in errors)  # what a start with the defaults is refused for
             raise RemoteError(str(DefinitionInvalid(f"{file} filled with {values_path}", errors)),
-                              fix="correct those values in the values file.")
+                              fix="give those parameters other defaults in the pipeline code, then run `mlops render`."
+                              if defaults else "correct what they name: the pipeline code (then run `mlops render`) or a value of the values file.")
     return filled
 
 # %% ../../nbs/remote/02_deploy.ipynb #7be94cc4
