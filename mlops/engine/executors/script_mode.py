@@ -17,11 +17,10 @@ from pathlib import Path
 
 from ...definition.expressions import as_text
 from .. import StepError
-from . import StepRun, training_output
+from . import StepRun, TrainingExecutor, training_output
 from .framework import (FRAMEWORKS, _log_note, framework_image, framework_python, in_private_mounts, job_python,
                                                private_mounts_problem)
 from .processing import LOCAL_ARN
-from .xgboost import XGBoostTrainingExecutor
 from ..processes import run_command
 from ...files import atomic_write
 
@@ -107,7 +106,7 @@ def toolkit_sites(sites: list[Path]) -> list[Path]:
     folder = Path(list(spec.submodule_search_locations)[0]).parent
     return [*sites, *([] if folder in sites else [folder])]
 
-class ScriptModeTrainingExecutor(XGBoostTrainingExecutor):
+class ScriptModeTrainingExecutor(TrainingExecutor):
     "Script-mode Training in SageMaker's framework images (the toolkit's form and the SDK ModelTrainer's)."
     step_type = "Training"
     runs = (f"script mode in SageMaker's framework images ({', '.join(FRAMEWORKS)}): {PROGRAM} and {SUBMIT_DIRECTORY} "

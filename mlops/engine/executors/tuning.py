@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import StepError
-from . import Executor, StepIO, StepRun
+from . import Executor, StepIO, StepRun, training_output
 
 # %% auto #0
 __all__ = ['RANGE_KINDS', 'SUBSTITUTED', 'TUNING_ONLY', 'TOP_JOBS', 'LOCAL_ARN', 'ranges_of', 'draw_value', 'search_space_size',
@@ -277,12 +277,12 @@ class TuningExecutor(Executor):
 
     def describe(self, p: dict) -> StepIO:
         definitions, best = training_definitions(p), p.get("BestTrainingJob") or {}
-        output = ((definitions[0] if definitions else {}).get("OutputDataConfig") or {}).get("S3OutputPath", "").rstrip("/")
+        first = definitions[0] if definitions and (definitions[0].get("OutputDataConfig") or {}).get("S3OutputPath") else None
         metric = best.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
         return StepIO(inputs={c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for d in definitions[:1]
                               for c in d.get("InputDataConfig", []) if "S3DataSource" in c.get("DataSource", {})},
-                      outputs={s["TrainingJobName"]: f"{output}/{s['TrainingJobName']}/output/model.tar.gz"
-                               for s in p.get("TrainingJobSummaries", [])} if output else {},
+                      outputs={s["TrainingJobName"]: f"{training_output(first, s['TrainingJobName'])}/model.tar.gz"
+                               for s in p.get("TrainingJobSummaries", [])} if first else {},
                       params={k: str(v) for k, v in (best.get("TunedHyperParameters") or {}).items()},
                       metrics={metric["MetricName"]: float(metric["Value"])} if metric else {},
                       summary=f"{len(p.get('TrainingJobSummaries', []))} training jobs ranked; best {best.get('TrainingJobName')} "
